@@ -1,0 +1,84 @@
+package backend
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"time"
+)
+
+// Conn is one authenticated backend connection, taken over from pgconn
+// after start-up. The relay reads and writes NetConn directly. A Conn is
+// used by one session at a time; Cancel may be called concurrently.
+type Conn struct {
+	netConn   net.Conn
+	pid       uint32
+	secretKey []byte
+	params    map[string]string
+	tls       bool
+	created   time.Time
+	dialer    *Dialer
+}
+
+// NetConn is the socket to the server, TLS-wrapped when TLS is in use.
+func (c *Conn) NetConn() net.Conn { return c.netConn }
+
+// PID is the server process serving this connection.
+func (c *Conn) PID() uint32 { return c.pid }
+
+// ParameterStatus returns the server's reported run-time parameters at
+// start-up (server_version, client_encoding, ...). Callers must not modify it.
+func (c *Conn) ParameterStatus() map[string]string { return c.params }
+
+// TLS reports whether the connection is encrypted.
+func (c *Conn) TLS() bool { return c.tls }
+
+// Created is when the connection was authenticated.
+func (c *Conn) Created() time.Time { return c.created }
+
+// cancelRequestCode is PostgreSQL's CANCEL_REQUEST_CODE (src/include/libpq/pqcomm.h).
+const cancelRequestCode = 80877102
+
+// Cancel asks the server to cancel the query running on c, over a new
+// connection that follows the same TLS rules as c itself. As with libpq,
+// success only means the request was delivered.
+func (c *Conn) Cancel(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.dialer.cfg.ConnectTimeout)
+	defer cancel()
+	policy := plainOnly
+	if c.tls {
+		policy = tlsOnly
+	}
+	addr := net.JoinHostPort(c.dialer.cfg.Host, portString(c.dialer.cfg.Port))
+	conn, _, err := c.dialer.dialNet(ctx, "tcp", addr, policy)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	msg := make([]byte, 12, 12+len(c.secretKey))
+	binary.BigEndian.PutUint32(msg[0:4], uint32(12+len(c.secretKey)))
+	binary.BigEndian.PutUint32(msg[4:8], cancelRequestCode)
+	binary.BigEndian.PutUint32(msg[8:12], c.pid)
+	msg = append(msg, c.secretKey...)
+	if _, err := conn.Write(msg); err != nil {
+		return err
+	}
+	// The server closes the connection once it has read the request; waiting
+	// for that keeps the cancel ordered before whatever the caller does next.
+	_, _ = io.Copy(io.Discard, conn)
+	return nil
+}
+
+// terminate is the Terminate message: 'X' and a length of 4.
+var terminate = []byte{'X', 0, 0, 0, 4}
+
+// Close says goodbye to the server and closes the socket.
+func (c *Conn) Close() error {
+	_ = c.netConn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.netConn.Write(terminate)
+	return c.netConn.Close()
+}

@@ -1,0 +1,131 @@
+package backend
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// The variable names are product-stable (cookbooks link to them), so
+// problems name them in full rather than by Go field.
+const (
+	envHost           = "GATEKEEPER_BACKEND_HOST"
+	envPort           = "GATEKEEPER_BACKEND_PORT"
+	envTLSMode        = "GATEKEEPER_BACKEND_TLS_MODE"
+	envTLSCAFile      = "GATEKEEPER_BACKEND_TLS_CA_FILE"
+	envConnectTimeout = "GATEKEEPER_BACKEND_CONNECT_TIMEOUT"
+	envTokenCmd       = "GATEKEEPER_BACKEND_TOKEN_CMD"
+)
+
+// Validate reports every problem with c at once, joined with errors.Join.
+// Each problem names the variables it concerns (EnvVars) and says how to
+// fix it. Validate reads TLSCAFile, so it also catches a bundle that is
+// missing or damaged before the first client waits on it.
+func (c Config) Validate() error {
+	var problems []error
+	add := func(msg string, vars ...string) { problems = append(problems, problem{vars: vars, msg: msg}) }
+
+	if strings.TrimSpace(c.Host) == "" {
+		add(envHost+" is not set; set it to the host name or address of the PostgreSQL server", envHost)
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		add(fmt.Sprintf("%s=%d is not a TCP port; use 1 to 65535 (PostgreSQL listens on 5432 unless told otherwise)", envPort, c.Port), envPort)
+	}
+	if c.ConnectTimeout <= 0 {
+		add(fmt.Sprintf("%s=%s must be positive; use a duration such as 10s", envConnectTimeout, c.ConnectTimeout), envConnectTimeout)
+	}
+
+	if c.TLSMode.Verifies() && c.TLSCAFile == "" {
+		// Falling back to the system pool would make what is trusted depend
+		// on the image Querycop happens to run in; naming the file keeps it
+		// visible in the configuration.
+		add(fmt.Sprintf("%s=%s needs %s: the implicit system certificate pool is deliberately not supported; "+
+			"for a server with a publicly-trusted certificate point it at the OS bundle, e.g. /etc/ssl/certs/ca-certificates.crt",
+			envTLSMode, c.TLSMode, envTLSCAFile), envTLSMode, envTLSCAFile)
+	}
+	if c.TLSCAFile != "" {
+		if _, err := LoadCAFile(c.TLSCAFile); err != nil {
+			add(fmt.Sprintf("%s is unusable: %v; point it at a readable PEM file of CA certificates", envTLSCAFile, err), envTLSCAFile)
+		}
+	}
+
+	if c.Token.Cmd != "" && !c.TLSMode.AlwaysTLS() {
+		why := "can fall back to plaintext and would leak the token"
+		if c.TLSMode == TLSDisable {
+			why = "sends the token in plaintext"
+		}
+		add(fmt.Sprintf("%s is set but %s=%s, which %s; set %s to verify-full (or verify-ca or require)",
+			envTokenCmd, envTLSMode, c.TLSMode, why, envTLSMode), envTokenCmd, envTLSMode)
+	}
+
+	if err := c.Token.Validate(); err != nil {
+		// Keep one problem per entry, so callers see each one on its own.
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			problems = append(problems, j.Unwrap()...)
+		} else {
+			problems = append(problems, err)
+		}
+	}
+	return errors.Join(problems...)
+}
+
+var pemCertBegin = []byte("-----BEGIN CERTIFICATE-----")
+
+// LoadCAFile reads a PEM bundle of CA certificates. Unlike
+// x509.CertPool.AppendCertsFromPEM, which skips what it cannot parse, it
+// refuses a file in which any certificate block is damaged: a half-broken
+// bundle would otherwise fail only when the server presents the chain the
+// damaged certificate was meant to cover. Blocks of other types are ignored.
+func LoadCAFile(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading CA file: %w", err)
+	}
+	markers := bytes.Count(data, pemCertBegin)
+	if markers == 0 {
+		return nil, fmt.Errorf("CA file %s holds no %s block", path, pemCertBegin)
+	}
+
+	pool := x509.NewCertPool()
+	decoded := 0
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		decoded++
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("CA file %s: certificate %d does not parse: %w", path, decoded, err)
+		}
+		pool.AddCert(cert)
+	}
+	// pem.Decode silently skips a block it cannot decode, so count the
+	// BEGIN lines to notice one.
+	if decoded < markers {
+		return nil, fmt.Errorf("CA file %s: %d of %d certificate blocks are not valid PEM (damaged base64 or missing END line)",
+			path, markers-decoded, markers)
+	}
+	return pool, nil
+}
+
+// problem is one configuration mistake. It names the variables it concerns
+// so that a caller which has already reported one of them as unparsable can
+// leave out the follow-on complaint.
+type problem struct {
+	vars []string
+	msg  string
+}
+
+func (p problem) Error() string { return p.msg }
+
+// EnvVars lists the environment variables the problem concerns.
+func (p problem) EnvVars() []string { return p.vars }

@@ -1,0 +1,122 @@
+// Command querycop is the PostgreSQL connection-pooling gateway. This
+// package is the process shell: it reads the environment into one Config,
+// refuses bad configuration with every problem at once (exit status 2),
+// builds the logger, handles signals and exit codes, and hands over to serve.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/rs/zerolog"
+)
+
+// version is set at build time: -ldflags "-X main.version=1.2.3".
+var version = "dev"
+
+// Exit statuses.
+const (
+	exitOK        = 0
+	exitFailed    = 1 // serve returned an error
+	exitBadConfig = 2 // invalid configuration or usage
+)
+
+func main() {
+	environ := os.Environ()
+	// The token command inherits the process environment; drop the admin
+	// key before anything can start it. run still reads it from environ.
+	_ = os.Unsetenv("ADMIN_API_KEY")
+	os.Exit(run(os.Args[1:], environ, os.Stdout, os.Stderr))
+}
+
+// run is main without the process globals, so tests can drive it.
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// After the first signal starts the drain, restore default handling so
+	// a second one ends the process even if the drain hangs.
+	go func() { <-ctx.Done(); stop() }()
+	return runContext(ctx, args, environ, stdout, stderr)
+}
+
+// runContext is run with the context that serve gets, cancelled on
+// SIGINT/SIGTERM in production and by the test otherwise.
+func runContext(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) > 1 {
+		fmt.Fprintf(stderr, "querycop: unexpected argument %q\n\n", args[1])
+		printUsage(stderr)
+		return exitBadConfig
+	}
+	cmd := ""
+	if len(args) == 1 {
+		cmd = args[0]
+	}
+	switch cmd {
+	case "help", "-h", "--help":
+		printUsage(stdout)
+		return exitOK
+	case "version", "--version":
+		fmt.Fprintf(stdout, "querycop %s\n", version)
+		return exitOK
+	case "check":
+		if _, ok := loadOrReport(environ, stderr); !ok {
+			return exitBadConfig
+		}
+		for _, u := range unknownVars(environ) {
+			fmt.Fprintf(stderr, "querycop: warning: %s\n", describeUnknown(u))
+		}
+		fmt.Fprintln(stdout, "querycop: configuration is valid")
+		return exitOK
+	case "":
+		cfg, ok := loadOrReport(environ, stderr)
+		if !ok {
+			return exitBadConfig
+		}
+		log := newLogger(cfg.Log, stderr)
+		warnUnknown(log, environ)
+		if err := serve(ctx, cfg, log); err != nil {
+			log.Error().Err(err).Msg("querycop failed")
+			return exitFailed
+		}
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "querycop: unknown command %q\n\n", cmd)
+		printUsage(stderr)
+		return exitBadConfig
+	}
+}
+
+// loadOrReport loads the configuration, or prints every problem to stderr.
+func loadOrReport(environ []string, stderr io.Writer) (Config, bool) {
+	cfg, err := LoadConfig(environ)
+	if err == nil {
+		return cfg, true
+	}
+	fmt.Fprintln(stderr, "querycop: invalid configuration:")
+	for _, p := range flatten(err) {
+		fmt.Fprintf(stderr, "  - %v\n", p)
+	}
+	return cfg, false
+}
+
+func warnUnknown(log zerolog.Logger, environ []string) {
+	for _, u := range unknownVars(environ) {
+		ev := log.Warn().Str("var", u.Name)
+		if u.Suggestion != "" {
+			ev = ev.Str("did_you_mean", u.Suggestion)
+		}
+		ev.Msg("ignoring unknown variable")
+	}
+}
+
+func describeUnknown(u unknownVar) string {
+	s := "ignoring unknown variable " + u.Name
+	if u.Suggestion != "" {
+		s += " (did you mean " + u.Suggestion + "?)"
+	}
+	return s
+}

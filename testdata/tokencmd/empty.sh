@@ -1,0 +1,3 @@
+#!/bin/sh
+# Test token command: succeeds but prints nothing.
+exit 0

@@ -1,0 +1,68 @@
+package wire
+
+import (
+	"errors"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/token"
+)
+
+// SQLSTATEs used by the gateway itself
+// (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+const (
+	codeProtocolViolation    = "08P01"
+	codeCannotConnect        = "08001"
+	codeFeatureNotSupported  = "0A000"
+	codeInvalidAuthorization = "28000"
+	codeTooManyConnections   = "53300"
+	codeAdminShutdown        = "57P01"
+)
+
+func fatal(code, msg string) *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg}
+}
+
+// backendErrorResponse turns a failure to get a backend into what the client
+// sees: the server's own error unchanged, or a FATAL with the documented
+// text. reason is the short close reason for the log and metrics.
+func backendErrorResponse(err error) (resp *pgproto3.ErrorResponse, reason string) {
+	var pgErr *pgconn.PgError
+	var tokErr *token.Error
+	var tlsErr *backend.TLSError
+	switch {
+	case errors.As(err, &pgErr):
+		return fromPgError(pgErr), "backend-refused"
+	case errors.As(err, &tokErr):
+		return fatal(codeCannotConnect, tokErr.Error()), "token-failed"
+	case errors.As(err, &tlsErr):
+		return fatal(codeCannotConnect, tlsErr.Error()), "backend-tls"
+	default:
+		return fatal(codeCannotConnect, err.Error()), "backend-down"
+	}
+}
+
+func fromPgError(e *pgconn.PgError) *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{
+		Severity:            e.Severity,
+		SeverityUnlocalized: e.SeverityUnlocalized,
+		Code:                e.Code,
+		Message:             e.Message,
+		Detail:              e.Detail,
+		Hint:                e.Hint,
+		Position:            e.Position,
+		InternalPosition:    e.InternalPosition,
+		InternalQuery:       e.InternalQuery,
+		Where:               e.Where,
+		SchemaName:          e.SchemaName,
+		TableName:           e.TableName,
+		ColumnName:          e.ColumnName,
+		DataTypeName:        e.DataTypeName,
+		ConstraintName:      e.ConstraintName,
+		File:                e.File,
+		Line:                e.Line,
+		Routine:             e.Routine,
+	}
+}

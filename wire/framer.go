@@ -1,0 +1,63 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+// framer walks the 5-byte headers (type, int32 length including itself) of
+// a stream of protocol messages, without copying or allocating, so the relay
+// can forward whole buffers and still know where messages start.
+type framer struct {
+	hdr      [5]byte
+	hdrLen   int // header bytes collected so far (a header may span reads)
+	need     int // body bytes still to pass in the current message
+	statusAt bool
+	// txStatus is the status byte of the last ReadyForQuery seen
+	// ('I' idle, 'T' in transaction, 'E' failed transaction).
+	txStatus byte
+}
+
+var errBadFrame = errors.New("invalid message length in protocol stream")
+
+// maxFrameLen bounds one message (PostgreSQL's PQ_LARGE_MESSAGE_LIMIT is
+// 1 GiB - 1; anything claiming more is corrupt).
+const maxFrameLen = 0x3fffffff
+
+// feed advances over p. If stop is non-zero and a message of that type
+// starts in p, feed returns its offset and stops there; otherwise -1.
+func (f *framer) feed(p []byte, stop byte) (int, error) {
+	i := 0
+	for i < len(p) {
+		if f.need > 0 {
+			if f.statusAt {
+				f.txStatus = p[i]
+				f.statusAt = false
+			}
+			n := min(f.need, len(p)-i)
+			f.need -= n
+			i += n
+			continue
+		}
+		if f.hdrLen == 0 && stop != 0 && p[i] == stop {
+			return i, nil
+		}
+		n := copy(f.hdr[f.hdrLen:], p[i:])
+		f.hdrLen += n
+		i += n
+		if f.hdrLen < len(f.hdr) {
+			break
+		}
+		f.hdrLen = 0
+		length := binary.BigEndian.Uint32(f.hdr[1:])
+		if length < 4 || length > maxFrameLen {
+			return -1, errBadFrame
+		}
+		f.need = int(length) - 4
+		f.statusAt = f.hdr[0] == 'Z' && f.need > 0
+	}
+	return -1, nil
+}
+
+// atBoundary reports whether the stream so far ends exactly between messages.
+func (f *framer) atBoundary() bool { return f.need == 0 && f.hdrLen == 0 }

@@ -1,0 +1,194 @@
+package wire
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/pool"
+)
+
+// Acquirer hands out backend connections for a client's start-up
+// parameters. pool.Direct and the pools satisfy it.
+type Acquirer interface {
+	Acquire(ctx context.Context, p backend.Params) (*pool.Lease, error)
+}
+
+// Server accepts clients on the pool port and runs one session per client.
+type Server struct {
+	cfg       Config
+	log       zerolog.Logger
+	tls       *tls.Config // nil: clients asking for TLS get 'N'
+	backends  Acquirer
+	tokenMode bool
+
+	ln       net.Listener
+	ctx      context.Context // cancelled by Close: ends every session
+	cancel   context.CancelFunc
+	sessions sync.WaitGroup
+
+	mu     sync.Mutex
+	byKey  map[cancelKey]*session
+	live   map[*session]struct{}
+	nextID atomic.Uint64
+}
+
+// NewServer prepares a server; cfg must have passed Validate. In token mode
+// the client's password is read and discarded.
+func NewServer(cfg Config, backends Acquirer, tokenMode bool, log zerolog.Logger) (*Server, error) {
+	s := &Server{cfg: cfg, log: log, backends: backends, tokenMode: tokenMode,
+		byKey: map[cancelKey]*session{}, live: map[*session]struct{}{}}
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("loading GATEKEEPER_PROXY_TLS_CERT and GATEKEEPER_PROXY_TLS_KEY: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Listen opens the pool port. A port of 0 picks a free one (tests).
+func (s *Server) Listen() error {
+	addr := net.JoinHostPort(s.cfg.ListenAddr, strconv.Itoa(s.cfg.ListenPort))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the address the pool port listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts clients until the listener is closed. It returns nil after
+// Close or Shutdown.
+func (s *Server) Serve() error {
+	var backoff time.Duration
+	for {
+		conn, err := s.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and the like: back off instead of
+			// spinning, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("accept failed")
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if tcp, ok := conn.(*net.TCPConn); ok {
+			_ = tcp.SetNoDelay(true)
+			_ = tcp.SetKeepAlive(true)
+		}
+		ss := s.newSession(conn)
+		s.sessions.Add(1)
+		go func() {
+			defer s.sessions.Done()
+			ss.run()
+		}()
+	}
+}
+
+// Shutdown stops accepting clients and waits for running sessions to end
+// until ctx is done; sessions still running then get a FATAL 57P01 and are
+// closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.sessions.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for ss := range s.live {
+		ss.kill(fatal(codeAdminShutdown, "querycop is shutting down"), "shutdown")
+	}
+	s.mu.Unlock()
+	s.cancel()
+	<-done
+	return nil
+}
+
+// Close stops accepting and ends every session at once.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return s.Shutdown(ctx)
+}
+
+// cancelKey is the BackendKeyData the gateway gave a client. Protocol 3.0
+// keys are 4 bytes; the gateway never issues longer ones.
+type cancelKey struct {
+	pid    uint32
+	secret uint32
+}
+
+func (s *Server) newSession(conn net.Conn) *session {
+	id := s.nextID.Add(1)
+	ss := &session{
+		srv:   s,
+		conn:  conn,
+		since: time.Now(),
+		log:   s.log.With().Uint64("conn_id", id).Str("client", conn.RemoteAddr().String()).Logger(),
+	}
+	s.mu.Lock()
+	s.live[ss] = struct{}{}
+	s.mu.Unlock()
+	return ss
+}
+
+// register gives ss a fresh random cancel key.
+func (s *Server) register(ss *session) cancelKey {
+	var b [8]byte
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		_, _ = rand.Read(b[:])
+		key := cancelKey{pid: binary.BigEndian.Uint32(b[:4]) &^ (1 << 31), secret: binary.BigEndian.Uint32(b[4:])}
+		if key.pid == 0 {
+			continue
+		}
+		if _, taken := s.byKey[key]; !taken {
+			s.byKey[key] = ss
+			return key
+		}
+	}
+}
+
+func (s *Server) forget(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.live, ss)
+	if ss.key.pid != 0 {
+		delete(s.byKey, ss.key)
+	}
+}
+
+func (s *Server) lookup(key cancelKey) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byKey[key]
+}

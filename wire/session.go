@@ -1,0 +1,338 @@
+package wire
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
+
+	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/pool"
+)
+
+// maxPasswordLen bounds the password message, as PostgreSQL's
+// PG_MAX_AUTH_TOKEN_LENGTH does.
+const maxPasswordLen = 65535
+
+// relayBufSize is the read size of the relay in each direction.
+const relayBufSize = 32 * 1024
+
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// session is one client connection, from accept to close.
+type session struct {
+	srv   *Server
+	conn  net.Conn
+	log   zerolog.Logger
+	since time.Time
+	key   cancelKey
+	tls   bool
+
+	lease   atomic.Pointer[pool.Lease] // the attached backend, for cancel
+	writeMu sync.Mutex                 // client writes: relay vs. kill
+	killed  atomic.Bool
+}
+
+// errClientGone is a client that left during start-up without a word; psql
+// does this on purpose when it learns it must prompt for a password.
+var errClientGone = errors.New("client closed the connection")
+
+func (ss *session) run() {
+	defer ss.srv.forget(ss)
+	defer ss.conn.Close()
+	ss.log.Debug().Msg("client accepted")
+
+	_ = ss.conn.SetDeadline(time.Now().Add(ss.srv.cfg.LoginTimeout))
+	msg, err := ss.startup()
+	if err != nil {
+		ss.failStartup(err)
+		return
+	}
+	if msg == nil { // a cancel request, already handled
+		return
+	}
+	params, err := ss.admit(msg)
+	if err != nil {
+		ss.failStartup(err)
+		return
+	}
+	ss.log = ss.log.With().Str("user", params.User).Str("db", params.Database).Logger()
+	password, err := ss.authenticate()
+	if err != nil {
+		ss.failStartup(err)
+		return
+	}
+	if !ss.srv.tokenMode {
+		params.Password = password
+	}
+	_ = ss.conn.SetDeadline(time.Time{})
+
+	lease, err := ss.srv.backends.Acquire(ss.srv.ctx, params)
+	if err != nil {
+		resp, reason := backendErrorResponse(err)
+		ev := ss.log.Warn()
+		if reason == "backend-refused" {
+			ev = ss.log.Info()
+		}
+		ev.Str("reason", reason).Str("error", err.Error()).Msg("client refused: no backend connection")
+		ss.send(resp)
+		return
+	}
+	ss.lease.Store(lease)
+	back := lease.Conn()
+	ss.log = ss.log.With().Uint32("backend_pid", back.PID()).Logger()
+	ss.key = ss.srv.register(ss)
+	if err := ss.handoff(back); err != nil {
+		lease.Release(false)
+		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client closed during handoff")
+		return
+	}
+	ss.log.Info().Bool("tls", ss.tls).Bool("backend_tls", back.TLS()).Msg("client attached")
+
+	reason, reusable := ss.relay(back.NetConn())
+	ss.lease.Store(nil)
+	lease.Release(reusable)
+	ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
+}
+
+// startup reads start-up packets until a StartupMessage, answering SSL and
+// GSS encryption requests on the way. It returns nil after a CancelRequest.
+func (ss *session) startup() (*startupMessage, error) {
+	for {
+		pkt, err := readStartupPacket(ss.conn)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case pkt.code == codeSSLRequest:
+			if len(pkt.body) != 0 {
+				return nil, protocolErrorf("invalid length of SSLRequest")
+			}
+			if ss.tls || ss.srv.tls == nil {
+				if ss.tls {
+					return nil, protocolErrorf("SSLRequest received twice")
+				}
+				if _, err := ss.conn.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if _, err := ss.conn.Write([]byte{'S'}); err != nil {
+				return nil, err
+			}
+			tc := tls.Server(ss.conn, ss.srv.tls)
+			if err := tc.Handshake(); err != nil {
+				return nil, &tlsHandshakeError{err}
+			}
+			ss.conn = tc
+			ss.tls = true
+		case pkt.code == codeGSSENCRequest:
+			// No GSSAPI encryption; the client goes on in plaintext or TLS.
+			if _, err := ss.conn.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case pkt.code == codeCancelRequest:
+			ss.forwardCancel(pkt.body)
+			return nil, nil
+		case pkt.code>>16 == 3:
+			return parseStartupMessage(pkt.code, pkt.body)
+		default:
+			return nil, &unsupportedProtocolError{major: pkt.code >> 16, minor: pkt.code & 0xffff}
+		}
+	}
+}
+
+type tlsHandshakeError struct{ err error }
+
+func (e *tlsHandshakeError) Error() string { return "client TLS handshake failed: " + e.err.Error() }
+
+type unsupportedProtocolError struct{ major, minor uint32 }
+
+func (e *unsupportedProtocolError) Error() string {
+	return fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", e.major, e.minor)
+}
+
+// admit checks the start-up parameters and answers protocol negotiation.
+func (ss *session) admit(msg *startupMessage) (backend.Params, error) {
+	user := msg.params["user"]
+	if user == "" {
+		return backend.Params{}, &clientError{fatal(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet"), "bad-startup"}
+	}
+	if v, ok := msg.params["replication"]; ok && v != "false" && v != "off" && v != "0" && v != "no" {
+		return backend.Params{}, &clientError{fatal(codeFeatureNotSupported,
+			"querycop does not support replication connections (start-up parameter \"replication\"); connect to the server directly"), "bad-startup"}
+	}
+	db := msg.params["database"]
+	if db == "" {
+		db = user
+	}
+	runtime := make(map[string]string, len(msg.params))
+	for k, v := range msg.params {
+		if k != "user" && k != "database" {
+			runtime[k] = v
+		}
+	}
+	// PostgreSQL answers a newer minor version, or protocol options it does
+	// not know, with NegotiateProtocolVersion and goes on with 3.0.
+	if msg.minor > 0 || len(msg.pqOptions) > 0 {
+		buf, err := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: msg.pqOptions}).Encode(nil)
+		if err != nil {
+			return backend.Params{}, err
+		}
+		if _, err := ss.conn.Write(buf); err != nil {
+			return backend.Params{}, err
+		}
+	}
+	return backend.Params{User: user, Database: db, Runtime: runtime}, nil
+}
+
+// clientError is a refusal with its own ErrorResponse and close reason.
+type clientError struct {
+	resp   *pgproto3.ErrorResponse
+	reason string
+}
+
+func (e *clientError) Error() string { return e.resp.Message }
+
+// authenticate asks the client for its password. In token mode the answer
+// is read and dropped: it is never forwarded, logged or kept.
+func (ss *session) authenticate() (string, error) {
+	buf, _ := (&pgproto3.AuthenticationCleartextPassword{}).Encode(nil)
+	if _, err := ss.conn.Write(buf); err != nil {
+		return "", err
+	}
+	typ, body, err := readMessage(ss.conn, maxPasswordLen)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return "", errClientGone
+		}
+		return "", err
+	}
+	if typ == 'X' {
+		return "", errClientGone
+	}
+	if typ != 'p' {
+		return "", protocolErrorf("expected password response, got message type %q", typ)
+	}
+	if len(body) == 0 || body[len(body)-1] != 0 {
+		return "", protocolErrorf("invalid password packet")
+	}
+	if ss.srv.tokenMode {
+		clear(body)
+		return "", nil
+	}
+	return string(body[:len(body)-1]), nil
+}
+
+// failStartup answers a start-up failure where the protocol allows it and
+// logs it once.
+func (ss *session) failStartup(err error) {
+	var ce *clientError
+	var pe *protocolError
+	var upe *unsupportedProtocolError
+	var te *tlsHandshakeError
+	var ne net.Error
+	switch {
+	case errors.Is(err, errClientGone), errors.Is(err, io.EOF):
+		ss.log.Debug().Str("reason", "client-gone").Msg("client left during start-up")
+	case errors.As(err, &ce):
+		ss.log.Info().Str("reason", ce.reason).Str("error", ce.Error()).Msg("client refused")
+		ss.send(ce.resp)
+	case errors.As(err, &pe):
+		ss.log.Info().Str("reason", "protocol-violation").Str("error", pe.Error()).Msg("client refused")
+		ss.send(fatal(codeProtocolViolation, pe.Error()))
+	case errors.As(err, &upe):
+		ss.log.Info().Str("reason", "protocol-violation").Str("error", upe.Error()).Msg("client refused")
+		ss.send(fatal(codeFeatureNotSupported, upe.Error()))
+	case errors.As(err, &te):
+		// Nothing can be sent: the channel is neither plaintext nor TLS.
+		ss.log.Info().Str("reason", "client-tls").Str("error", te.Error()).Msg("client refused")
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
+		ss.log.Info().Str("reason", "login-timeout").Msg("client refused")
+		ss.send(fatal(codeProtocolViolation, "start-up not completed within GATEKEEPER_CLIENT_LOGIN_TIMEOUT ("+ss.srv.cfg.LoginTimeout.String()+")"))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		ss.log.Info().Str("reason", "protocol-violation").Msg("client sent an incomplete start-up packet")
+	default:
+		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client start-up failed")
+	}
+}
+
+// send writes one error to the client, best effort and bounded in time.
+func (ss *session) send(resp *pgproto3.ErrorResponse) {
+	buf, err := resp.Encode(nil)
+	if err != nil {
+		return
+	}
+	ss.writeMu.Lock()
+	defer ss.writeMu.Unlock()
+	_ = ss.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = ss.conn.Write(buf)
+}
+
+// handoff completes the client's start-up with the backend's parameters and
+// the gateway's own cancel key, in one write.
+func (ss *session) handoff(back *backend.Conn) error {
+	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
+	for name, value := range back.ParameterStatus() {
+		buf, _ = (&pgproto3.ParameterStatus{Name: name, Value: value}).Encode(buf)
+	}
+	var secret [4]byte
+	binary.BigEndian.PutUint32(secret[:], ss.key.secret)
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: ss.key.pid, SecretKey: secret[:]}).Encode(buf)
+	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(buf)
+	ss.writeMu.Lock()
+	defer ss.writeMu.Unlock()
+	_, err := ss.conn.Write(buf)
+	return err
+}
+
+// forwardCancel passes a CancelRequest bearing one of our keys to the
+// backend that session is using. Unknown keys are ignored, as PostgreSQL
+// does, so a guesser learns nothing.
+func (ss *session) forwardCancel(body []byte) {
+	if len(body) != 8 {
+		ss.log.Debug().Msg("cancel request with an unknown key format ignored")
+		return
+	}
+	key := cancelKey{pid: binary.BigEndian.Uint32(body[:4]), secret: binary.BigEndian.Uint32(body[4:])}
+	target := ss.srv.lookup(key)
+	if target == nil {
+		ss.log.Debug().Msg("cancel request for an unknown key ignored")
+		return
+	}
+	lease := target.lease.Load()
+	if lease == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
+	defer cancel()
+	if err := lease.Conn().Cancel(ctx); err != nil {
+		target.log.Warn().Err(err).Msg("forwarding cancel request failed")
+		return
+	}
+	target.log.Info().Msg("cancel request forwarded")
+}
+
+// kill ends a session from outside (shutdown): the client gets resp, and
+// both sockets are unblocked.
+func (ss *session) kill(resp *pgproto3.ErrorResponse, reason string) {
+	if !ss.killed.CompareAndSwap(false, true) {
+		return
+	}
+	ss.log.Info().Str("reason", reason).Msg("closing client")
+	ss.send(resp)
+	_ = ss.conn.SetReadDeadline(time.Now())
+	if lease := ss.lease.Load(); lease != nil {
+		_ = lease.Conn().NetConn().SetReadDeadline(time.Now())
+	}
+}

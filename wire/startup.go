@@ -1,0 +1,135 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Start-up packet codes, from PostgreSQL's src/include/libpq/pqcomm.h.
+const (
+	codeSSLRequest    = 80877103 // NEGOTIATE_SSL_CODE
+	codeGSSENCRequest = 80877104 // NEGOTIATE_GSS_CODE
+	codeCancelRequest = 80877102 // CANCEL_REQUEST_CODE
+)
+
+// Start-up packet bounds: PostgreSQL's MAX_STARTUP_PACKET_LENGTH is 10000,
+// and the smallest packet is a length and a code.
+const (
+	minStartupLen = 8
+	maxStartupLen = 10000
+)
+
+// protocolError is bad input from the client: it gets a FATAL 08P01 with
+// this text, when the protocol still allows an answer.
+type protocolError struct{ msg string }
+
+func (e *protocolError) Error() string { return e.msg }
+
+func protocolErrorf(format string, args ...any) error {
+	return &protocolError{msg: fmt.Sprintf(format, args...)}
+}
+
+// startupPacket is one packet of the start-up phase, read exactly (no read
+// ahead), so nothing the client sends after an SSLRequest can be mistaken
+// for data inside TLS (the CVE-2021-23214 class of bug).
+type startupPacket struct {
+	code uint32
+	body []byte // after the code
+}
+
+func readStartupPacket(r io.Reader) (startupPacket, error) {
+	var hdr [8]byte
+	if _, err := io.ReadFull(r, hdr[:4]); err != nil {
+		return startupPacket{}, err
+	}
+	length := binary.BigEndian.Uint32(hdr[:4])
+	if length < minStartupLen || length > maxStartupLen {
+		return startupPacket{}, protocolErrorf("invalid length of startup packet: %d (expected %d to %d bytes)", length, minStartupLen, maxStartupLen)
+	}
+	if _, err := io.ReadFull(r, hdr[4:8]); err != nil {
+		return startupPacket{}, unexpectedEOF(err)
+	}
+	body := make([]byte, length-8)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return startupPacket{}, unexpectedEOF(err)
+	}
+	return startupPacket{code: binary.BigEndian.Uint32(hdr[4:8]), body: body}, nil
+}
+
+func unexpectedEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// startupMessage is a parsed StartupMessage of protocol 3.x.
+type startupMessage struct {
+	minor  uint16
+	params map[string]string
+	// pqOptions are protocol extension options ("_pq_.*") that the client
+	// asked for; none is supported, so they are reported back as such.
+	pqOptions []string
+}
+
+// parseStartupMessage parses the key/value pairs after the protocol version,
+// for any 3.x (pgproto3's decoder only knows 3.0 and 3.2).
+func parseStartupMessage(code uint32, body []byte) (*startupMessage, error) {
+	msg := &startupMessage{minor: uint16(code), params: map[string]string{}}
+	for {
+		if len(body) == 0 {
+			return nil, protocolErrorf("invalid startup packet layout: expected terminator as last byte")
+		}
+		if body[0] == 0 {
+			if len(body) != 1 {
+				return nil, protocolErrorf("invalid startup packet layout: data after terminator")
+			}
+			break
+		}
+		key, rest, ok := cutNUL(body)
+		if !ok {
+			return nil, protocolErrorf("invalid startup packet layout: expected terminator as last byte")
+		}
+		value, rest, ok := cutNUL(rest)
+		if !ok {
+			return nil, protocolErrorf("invalid startup packet layout: missing value for parameter %q", key)
+		}
+		body = rest
+		if strings.HasPrefix(key, "_pq_.") {
+			msg.pqOptions = append(msg.pqOptions, key)
+			continue
+		}
+		msg.params[key] = value
+	}
+	return msg, nil
+}
+
+func cutNUL(b []byte) (string, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", nil, false
+	}
+	return string(b[:i]), b[i+1:], true
+}
+
+// readMessage reads one regular protocol message during authentication,
+// refusing bodies over max bytes.
+func readMessage(r io.Reader, max int) (typ byte, body []byte, err error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	length := binary.BigEndian.Uint32(hdr[1:])
+	if length < 4 || int(length)-4 > max {
+		return 0, nil, protocolErrorf("invalid message length %d for message type %q", length, hdr[0])
+	}
+	body = make([]byte, length-4)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return 0, nil, unexpectedEOF(err)
+	}
+	return hdr[0], body, nil
+}

@@ -1,0 +1,57 @@
+package wire
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+)
+
+// Product-stable variable names, used in full in every problem.
+const (
+	envListenPort   = "GATEKEEPER_LISTEN_PORT"
+	envTLSCert      = "GATEKEEPER_PROXY_TLS_CERT"
+	envTLSKey       = "GATEKEEPER_PROXY_TLS_KEY"
+	envLoginTimeout = "GATEKEEPER_CLIENT_LOGIN_TIMEOUT"
+)
+
+// Validate reports every problem with c at once, joined with errors.Join.
+// Each problem names its variables (EnvVars) and says how to fix it. It
+// loads the certificate pair, so a wrong path or a mismatched key stops
+// start-up instead of the first client that asks for TLS.
+func (c Config) Validate() error {
+	var problems []error
+	add := func(msg string, vars ...string) { problems = append(problems, problem{vars: vars, msg: msg}) }
+
+	if c.ListenPort < 1 || c.ListenPort > 65535 {
+		add(fmt.Sprintf("%s=%d is not a TCP port; use 1 to 65535", envListenPort, c.ListenPort), envListenPort)
+	}
+	if c.LoginTimeout <= 0 {
+		add(fmt.Sprintf("%s=%s must be positive; use a duration such as 15s", envLoginTimeout, c.LoginTimeout), envLoginTimeout)
+	}
+
+	switch {
+	case c.TLSCert != "" && c.TLSKey == "":
+		add(envTLSCert+" is set but "+envTLSKey+" is not; set both to offer TLS to clients, or neither", envTLSCert, envTLSKey)
+	case c.TLSCert == "" && c.TLSKey != "":
+		add(envTLSKey+" is set but "+envTLSCert+" is not; set both to offer TLS to clients, or neither", envTLSCert, envTLSKey)
+	case c.TLSCert != "":
+		// The loader's errors name files and PEM types, never key material.
+		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
+			add(fmt.Sprintf("%s and %s do not load as a certificate and key pair: %v; give a PEM certificate (chain) and its matching private key",
+				envTLSCert, envTLSKey, err), envTLSCert, envTLSKey)
+		}
+	}
+	return errors.Join(problems...)
+}
+
+// problem is one configuration mistake, naming the variables it concerns so
+// a caller can drop follow-on complaints about a variable that did not parse.
+type problem struct {
+	vars []string
+	msg  string
+}
+
+func (p problem) Error() string { return p.msg }
+
+// EnvVars lists the environment variables the problem concerns.
+func (p problem) EnvVars() []string { return p.vars }
