@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/token"
 )
 
@@ -15,6 +16,7 @@ import (
 const (
 	codeProtocolViolation    = "08P01"
 	codeCannotConnect        = "08001"
+	codeConnectionFailure    = "08006"
 	codeFeatureNotSupported  = "0A000"
 	codeInvalidAuthorization = "28000"
 	codeTooManyConnections   = "53300"
@@ -32,7 +34,10 @@ func backendErrorResponse(err error) (resp *pgproto3.ErrorResponse, reason strin
 	var pgErr *pgconn.PgError
 	var tokErr *token.Error
 	var tlsErr *backend.TLSError
+	var timeoutErr *pool.AcquireTimeoutError
 	switch {
+	case errors.As(err, &timeoutErr):
+		return fatal(codeTooManyConnections, timeoutErr.Error()), "acquire-timeout"
 	case errors.As(err, &pgErr):
 		return fromPgError(pgErr), "backend-refused"
 	case errors.As(err, &tokErr):
@@ -65,4 +70,10 @@ func fromPgError(e *pgconn.PgError) *pgproto3.ErrorResponse {
 		Line:                e.Line,
 		Routine:             e.Routine,
 	}
+}
+
+// reasonOf is the close reason for a failure to get a backend.
+func reasonOf(err error) string {
+	_, reason := backendErrorResponse(err)
+	return reason
 }

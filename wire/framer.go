@@ -16,6 +16,13 @@ type framer struct {
 	// txStatus is the status byte of the last ReadyForQuery seen
 	// ('I' idle, 'T' in transaction, 'E' failed transaction).
 	txStatus byte
+	// last is the type of the last message started.
+	last byte
+	// answered counts messages that the server answers with exactly one
+	// ReadyForQuery: Query, Sync and FunctionCall from a client, or
+	// ReadyForQuery itself from a server.
+	answered int
+	fromClient bool
 }
 
 var errBadFrame = errors.New("invalid message length in protocol stream")
@@ -54,7 +61,15 @@ func (f *framer) feed(p []byte, stop byte) (int, error) {
 			return -1, errBadFrame
 		}
 		f.need = int(length) - 4
-		f.statusAt = f.hdr[0] == 'Z' && f.need > 0
+		f.last = f.hdr[0]
+		if f.fromClient {
+			if f.last == 'Q' || f.last == 'S' || f.last == 'F' {
+				f.answered++
+			}
+		} else if f.last == 'Z' {
+			f.answered++
+			f.statusAt = f.need > 0
+		}
 	}
 	return -1, nil
 }

@@ -48,10 +48,11 @@ func (l *logBuffer) String() string {
 var secrets = []string{pgtest.PassSCRAM, pgtest.PassMD5, pgtest.PassPassword, "client-side-secret"}
 
 type gateway struct {
-	addr string
-	port int
-	log  *logBuffer
-	srv  *wire.Server
+	addr  string
+	port  int
+	log   *logBuffer
+	srv   *wire.Server
+	pools *pool.Pools
 }
 
 // tokenCmd returns a token command running the named script in testdata.
@@ -78,9 +79,21 @@ func backendConfig(c *pgtest.Cluster, mode backend.TLSMode) backend.Config {
 	return cfg
 }
 
+// testPoolConfig is the pool configuration tests start from.
+func testPoolConfig() pool.Config {
+	return pool.Config{
+		Size: 10, MaxConnLifetime: time.Hour, MaxConnIdleTime: 10 * time.Minute,
+		AcquireTimeout: 10 * time.Second, ResetQuery: "DISCARD ALL", AuthCacheTTL: time.Minute,
+	}
+}
+
 // startGateway runs a gateway in front of the backend described by bcfg and
 // checks, when the test ends, that no secret reached its log.
 func startGateway(t *testing.T, bcfg backend.Config, adjust ...func(*wire.Config)) *gateway {
+	return startPooledGateway(t, bcfg, testPoolConfig(), adjust...)
+}
+
+func startPooledGateway(t *testing.T, bcfg backend.Config, pcfg pool.Config, adjust ...func(*wire.Config)) *gateway {
 	t.Helper()
 	var tokens backend.TokenSource
 	if bcfg.Token.Cmd != "" {
@@ -90,13 +103,14 @@ func startGateway(t *testing.T, bcfg backend.Config, adjust ...func(*wire.Config
 	if err != nil {
 		t.Fatalf("NewDialer: %v", err)
 	}
-	wcfg := wire.Config{ListenAddr: "127.0.0.1", ListenPort: 0, LoginTimeout: 5 * time.Second}
+	wcfg := wire.Config{ListenAddr: "127.0.0.1", ListenPort: 0, LoginTimeout: 5 * time.Second, MaxClientConn: 1000}
 	for _, f := range adjust {
 		f(&wcfg)
 	}
 	logs := &logBuffer{}
 	log := zerolog.New(logs).Level(zerolog.TraceLevel)
-	srv, err := wire.NewServer(wcfg, &pool.Direct{Dialer: dialer}, tokens != nil, log)
+	pools := pool.New(pcfg, dialer, tokens != nil, log)
+	srv, err := wire.NewServer(wcfg, pools, tokens != nil, log)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}
@@ -105,10 +119,11 @@ func startGateway(t *testing.T, bcfg backend.Config, adjust ...func(*wire.Config
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve() }()
-	g := &gateway{addr: srv.Addr().String(), log: logs, srv: srv}
+	g := &gateway{addr: srv.Addr().String(), log: logs, srv: srv, pools: pools}
 	fmt.Sscanf(g.addr[strings.LastIndex(g.addr, ":")+1:], "%d", &g.port)
 	t.Cleanup(func() {
 		srv.Close()
+		pools.Close()
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}

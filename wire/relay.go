@@ -5,18 +5,22 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/querycop/querycop/pool"
 )
 
 // errTerminate is the client's Terminate message: a clean end.
 var errTerminate = errors.New("client sent Terminate")
 
-// relay copies messages both ways until one side ends. The client side runs
-// on the calling goroutine, the backend side on one more; whichever ends
-// first unblocks the other with a read deadline rather than closing the
-// backend, so a clean backend can be reused. reusable reports whether the
-// backend stopped between messages, idle and outside a transaction.
-func (ss *session) relay(back net.Conn) (reason string, reusable bool) {
-	var fromBack framer
+// relay copies messages both ways until one side ends, starting with
+// pending, bytes already read from the client. The client side runs on the
+// calling goroutine, the backend side on one more; whichever ends first
+// unblocks the other with a read deadline rather than closing the backend,
+// so that a clean backend can be reset and reused. The returned state tells
+// the pool how the backend was left.
+func (ss *session) relay(back net.Conn, pending []byte) (string, pool.ReleaseState) {
+	fromClient := framer{fromClient: true}
+	fromBack := framer{txStatus: 'I'}
 	var ending atomic.Bool
 	backDone := make(chan error, 1)
 	go func() {
@@ -27,7 +31,7 @@ func (ss *session) relay(back net.Conn) (reason string, reusable bool) {
 		backDone <- err
 	}()
 
-	clientErr := ss.pumpClient(back)
+	clientErr := ss.pumpClient(back, &fromClient, pending)
 	backendFirst := !ending.CompareAndSwap(false, true)
 	if !backendFirst {
 		_ = back.SetReadDeadline(time.Now())
@@ -35,26 +39,42 @@ func (ss *session) relay(back net.Conn) (reason string, reusable bool) {
 	backErr := <-backDone
 	_ = back.SetReadDeadline(time.Time{})
 
+	state := pool.ReleaseState{
+		TxStatus: fromBack.txStatus,
+		Busy:     fromClient.answered > fromBack.answered,
+		Clean: fromClient.atBoundary() && fromBack.atBoundary() &&
+			fromClient.answered == fromBack.answered && settled(fromClient.last),
+	}
+	var cw *clientWriteError
+	var bw *backendWriteError
 	switch {
 	case ss.killed.Load():
-		return "shutdown", false
-	case backendFirst:
-		var cw *clientWriteError
-		if errors.As(backErr, &cw) {
-			return "client-gone", false
-		}
-		return "backend-gone", false
+		state.Clean = false
+		return "shutdown", state
+	case backendFirst && errors.As(backErr, &cw):
+		return "client-gone", state
+	case backendFirst, errors.As(clientErr, &bw):
+		return "backend-gone", pool.ReleaseState{Broken: true}
 	case errors.Is(clientErr, errTerminate):
-		return "client-close", fromBack.atBoundary() && fromBack.txStatus == 'I'
+		return "client-close", state
 	case errors.Is(clientErr, errBadFrame):
-		return "protocol-violation", false
+		state.Clean = false
+		return "protocol-violation", state
 	default:
-		var bw *backendWriteError
-		if errors.As(clientErr, &bw) {
-			return "backend-gone", false
-		}
-		return "client-gone", false
+		return "client-gone", state
 	}
+}
+
+// settled reports whether a client whose last message was typ left the
+// server with nothing half-done: after Query, Sync or FunctionCall (or the
+// end of a simple-protocol COPY) every message is followed by its answer.
+// Extended-protocol messages without a Sync leave the state in doubt.
+func settled(typ byte) bool {
+	switch typ {
+	case 0, 'Q', 'S', 'F', 'c', 'f':
+		return true
+	}
+	return false
 }
 
 type backendWriteError struct{ err error }
@@ -67,13 +87,19 @@ func (e *clientWriteError) Error() string { return "writing to client: " + e.err
 
 // pumpClient forwards client messages to the backend, stopping before a
 // Terminate, which is the gateway's to act on.
-func (ss *session) pumpClient(back net.Conn) error {
+func (ss *session) pumpClient(back net.Conn, f *framer, pending []byte) error {
 	bufp := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(bufp)
 	buf := *bufp
-	var f framer
 	for {
-		n, err := ss.conn.Read(buf)
+		var n int
+		var err error
+		if len(pending) > 0 {
+			n = copy(buf, pending)
+			pending = nil
+		} else {
+			n, err = ss.conn.Read(buf)
+		}
 		if n > 0 {
 			stop, ferr := f.feed(buf[:n], 'X')
 			end := n

@@ -19,10 +19,10 @@ import (
 	"github.com/querycop/querycop/pool"
 )
 
-// Acquirer hands out backend connections for a client's start-up
-// parameters. pool.Direct and the pools satisfy it.
-type Acquirer interface {
-	Acquire(ctx context.Context, p backend.Params) (*pool.Lease, error)
+// Pools admits an authenticated client to the pool for its database, user
+// and credential; *pool.Pools satisfies it.
+type Pools interface {
+	Admit(ctx context.Context, p backend.Params) (*pool.Pool, error)
 }
 
 // Server accepts clients on the pool port and runs one session per client.
@@ -30,7 +30,7 @@ type Server struct {
 	cfg       Config
 	log       zerolog.Logger
 	tls       *tls.Config // nil: clients asking for TLS get 'N'
-	backends  Acquirer
+	pools     Pools
 	tokenMode bool
 
 	ln       net.Listener
@@ -41,13 +41,14 @@ type Server struct {
 	mu     sync.Mutex
 	byKey  map[cancelKey]*session
 	live   map[*session]struct{}
-	nextID atomic.Uint64
+	nextID  atomic.Uint64
+	clients atomic.Int64
 }
 
 // NewServer prepares a server; cfg must have passed Validate. In token mode
 // the client's password is read and discarded.
-func NewServer(cfg Config, backends Acquirer, tokenMode bool, log zerolog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, backends: backends, tokenMode: tokenMode,
+func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger) (*Server, error) {
+	s := &Server{cfg: cfg, log: log, pools: pools, tokenMode: tokenMode,
 		byKey: map[cancelKey]*session{}, live: map[*session]struct{}{}}
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -157,6 +158,7 @@ func (s *Server) newSession(conn net.Conn) *session {
 	s.mu.Lock()
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()
+	ss.overLimit = s.clients.Add(1) > int64(s.cfg.MaxClientConn)
 	return ss
 }
 
@@ -179,6 +181,7 @@ func (s *Server) register(ss *session) cancelKey {
 }
 
 func (s *Server) forget(ss *session) {
+	s.clients.Add(-1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.live, ss)

@@ -7,12 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
 
@@ -41,6 +45,8 @@ type session struct {
 	lease   atomic.Pointer[pool.Lease] // the attached backend, for cancel
 	writeMu sync.Mutex                 // client writes: relay vs. kill
 	killed  atomic.Bool
+
+	overLimit bool // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
 }
 
 // errClientGone is a client that left during start-up without a word; psql
@@ -61,7 +67,12 @@ func (ss *session) run() {
 	if msg == nil { // a cancel request, already handled
 		return
 	}
-	params, err := ss.admit(msg)
+	if ss.overLimit {
+		ss.failStartup(&clientError{fatal(codeTooManyConnections, fmt.Sprintf(
+			"too many clients: GATEKEEPER_MAX_CLIENT_CONN (%d) reached", ss.srv.cfg.MaxClientConn)), "max-clients"})
+		return
+	}
+	params, settings, err := ss.admit(msg)
 	if err != nil {
 		ss.failStartup(err)
 		return
@@ -75,34 +86,87 @@ func (ss *session) run() {
 	if !ss.srv.tokenMode {
 		params.Password = password
 	}
-	_ = ss.conn.SetDeadline(time.Time{})
 
-	lease, err := ss.srv.backends.Acquire(ss.srv.ctx, params)
+	pl, err := ss.srv.pools.Admit(ss.srv.ctx, params)
 	if err != nil {
-		resp, reason := backendErrorResponse(err)
-		ev := ss.log.Warn()
-		if reason == "backend-refused" {
-			ev = ss.log.Info()
-		}
-		ev.Str("reason", reason).Str("error", err.Error()).Msg("client refused: no backend connection")
-		ss.send(resp)
+		ss.refuse(err)
 		return
 	}
-	ss.lease.Store(lease)
-	back := lease.Conn()
-	ss.log = ss.log.With().Uint32("backend_pid", back.PID()).Logger()
+	defer pl.Leave()
+	_ = ss.conn.SetDeadline(time.Time{})
 	ss.key = ss.srv.register(ss)
-	if err := ss.handoff(back); err != nil {
-		lease.Release(false)
+	if err := ss.handoff(pl.StartupParams(), settings); err != nil {
 		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client closed during handoff")
 		return
 	}
-	ss.log.Info().Bool("tls", ss.tls).Bool("backend_tls", back.TLS()).Msg("client attached")
+	ss.log.Debug().Bool("tls", ss.tls).Msg("client authenticated")
 
-	reason, reusable := ss.relay(back.NetConn())
-	ss.lease.Store(nil)
-	lease.Release(reusable)
+	reason := ss.serve(pl, settings)
 	ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
+}
+
+// refuse tells the client why it gets no backend, and logs it once.
+func (ss *session) refuse(err error) {
+	resp, reason := backendErrorResponse(err)
+	ev := ss.log.Warn()
+	if reason == "backend-refused" || reason == "acquire-timeout" {
+		ev = ss.log.Info()
+	}
+	ev.Str("reason", reason).Str("error", err.Error()).Msg("client refused: no backend connection")
+	ss.send(resp)
+}
+
+// serve waits for the client's first message and only then takes a backend
+// from the pool, so a connected client that says nothing holds none; the
+// backend then stays attached until the session ends.
+func (ss *session) serve(pl *pool.Pool, settings []startupSetting) string {
+	// A small buffer: it is held for as long as the client stays idle.
+	var first [512]byte
+	n, err := ss.conn.Read(first[:])
+	if n == 0 {
+		if ss.killed.Load() {
+			return "shutdown"
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			ss.log.Debug().Err(err).Msg("client read failed")
+		}
+		return "client-gone"
+	}
+	if first[0] == 'X' {
+		return "client-close"
+	}
+	lease, err := pl.Acquire(ss.srv.ctx)
+	if err != nil {
+		ss.refuse(err)
+		return reasonOf(err)
+	}
+	back := lease.Conn()
+	ss.log = ss.log.With().Uint32("backend_pid", back.PID()).Logger()
+	if q := setQuery(settings); q != "" {
+		ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
+		_, err := back.Exec(ctx, q)
+		cancel()
+		if err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) {
+				// As PostgreSQL would have refused the start-up packet.
+				resp := fromPgError(pgErr)
+				resp.Severity, resp.SeverityUnlocalized = "FATAL", "FATAL"
+				ss.send(resp)
+				lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I'})
+				return "bad-startup"
+			}
+			lease.Release(pool.ReleaseState{Broken: true})
+			ss.send(fatal(codeConnectionFailure, "backend connection failed while applying start-up parameters"))
+			return "backend-gone"
+		}
+	}
+	ss.lease.Store(lease)
+	ss.log.Info().Bool("tls", ss.tls).Bool("backend_tls", back.TLS()).Msg("client attached")
+	reason, state := ss.relay(back.NetConn(), first[:n])
+	ss.lease.Store(nil)
+	lease.Release(state)
+	return reason
 }
 
 // startup reads start-up packets until a StartupMessage, answering SSL and
@@ -163,37 +227,31 @@ func (e *unsupportedProtocolError) Error() string {
 }
 
 // admit checks the start-up parameters and answers protocol negotiation.
-func (ss *session) admit(msg *startupMessage) (backend.Params, error) {
+func (ss *session) admit(msg *startupMessage) (backend.Params, []startupSetting, error) {
 	user := msg.params["user"]
 	if user == "" {
-		return backend.Params{}, &clientError{fatal(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet"), "bad-startup"}
+		return backend.Params{}, nil, &clientError{fatal(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet"), "bad-startup"}
 	}
-	if v, ok := msg.params["replication"]; ok && v != "false" && v != "off" && v != "0" && v != "no" {
-		return backend.Params{}, &clientError{fatal(codeFeatureNotSupported,
-			"querycop does not support replication connections (start-up parameter \"replication\"); connect to the server directly"), "bad-startup"}
+	settings, err := clientSettings(msg.params)
+	if err != nil {
+		return backend.Params{}, nil, &clientError{fatal(codeFeatureNotSupported, err.Error()), "bad-startup"}
 	}
 	db := msg.params["database"]
 	if db == "" {
 		db = user
-	}
-	runtime := make(map[string]string, len(msg.params))
-	for k, v := range msg.params {
-		if k != "user" && k != "database" {
-			runtime[k] = v
-		}
 	}
 	// PostgreSQL answers a newer minor version, or protocol options it does
 	// not know, with NegotiateProtocolVersion and goes on with 3.0.
 	if msg.minor > 0 || len(msg.pqOptions) > 0 {
 		buf, err := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: msg.pqOptions}).Encode(nil)
 		if err != nil {
-			return backend.Params{}, err
+			return backend.Params{}, nil, err
 		}
 		if _, err := ss.conn.Write(buf); err != nil {
-			return backend.Params{}, err
+			return backend.Params{}, nil, err
 		}
 	}
-	return backend.Params{User: user, Database: db, Runtime: runtime}, nil
+	return backend.Params{User: user, Database: db}, settings, nil
 }
 
 // clientError is a refusal with its own ErrorResponse and close reason.
@@ -279,12 +337,22 @@ func (ss *session) send(resp *pgproto3.ErrorResponse) {
 	_, _ = ss.conn.Write(buf)
 }
 
-// handoff completes the client's start-up with the backend's parameters and
-// the gateway's own cancel key, in one write.
-func (ss *session) handoff(back *backend.Conn) error {
+// handoff completes the client's start-up in one write: the parameters the
+// server reports for this pool, with the client's own start-up values in
+// place (they are applied when a backend is attached), and the gateway's
+// own cancel key.
+func (ss *session) handoff(server map[string]string, settings []startupSetting) error {
+	reported := maps.Clone(server)
+	for _, st := range settings {
+		for name := range reported {
+			if strings.EqualFold(name, st.name) {
+				reported[name] = st.value
+			}
+		}
+	}
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
-	for name, value := range back.ParameterStatus() {
-		buf, _ = (&pgproto3.ParameterStatus{Name: name, Value: value}).Encode(buf)
+	for _, name := range slices.Sorted(maps.Keys(reported)) {
+		buf, _ = (&pgproto3.ParameterStatus{Name: name, Value: reported[name]}).Encode(buf)
 	}
 	var secret [4]byte
 	binary.BigEndian.PutUint32(secret[:], ss.key.secret)

@@ -59,7 +59,7 @@ func TestConfigValidate(t *testing.T) {
 	_, keyB := validateTestPair(t, dir, "b")
 
 	good := func() wire.Config {
-		return wire.Config{ListenAddr: "127.0.0.1", ListenPort: 15432, LoginTimeout: 15 * time.Second}
+		return wire.Config{ListenAddr: "127.0.0.1", ListenPort: 15432, LoginTimeout: 15 * time.Second, MaxClientConn: 1000}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -70,6 +70,7 @@ func TestConfigValidate(t *testing.T) {
 		{"ok/tls-pair", func(c *wire.Config) { c.TLSCert, c.TLSKey = certA, keyA }, nil},
 		{"port/zero", func(c *wire.Config) { c.ListenPort = 0 }, []string{"GATEKEEPER_LISTEN_PORT=0 is not a TCP port; use 1 to 65535"}},
 		{"port/too-big", func(c *wire.Config) { c.ListenPort = 70000 }, []string{"GATEKEEPER_LISTEN_PORT=70000 is not a TCP port"}},
+		{"max-client-conn/zero", func(c *wire.Config) { c.MaxClientConn = 0 }, []string{"GATEKEEPER_MAX_CLIENT_CONN=0 must be at least 1"}},
 		{"login-timeout/zero", func(c *wire.Config) { c.LoginTimeout = 0 }, []string{"GATEKEEPER_CLIENT_LOGIN_TIMEOUT=0s must be positive"}},
 		{"tls/cert-without-key", func(c *wire.Config) { c.TLSCert = certA },
 			[]string{"GATEKEEPER_PROXY_TLS_CERT is set but GATEKEEPER_PROXY_TLS_KEY is not"}},
@@ -82,7 +83,7 @@ func TestConfigValidate(t *testing.T) {
 		{"tls/swapped", func(c *wire.Config) { c.TLSCert, c.TLSKey = keyA, certA },
 			[]string{"GATEKEEPER_PROXY_TLS_CERT and GATEKEEPER_PROXY_TLS_KEY do not load"}},
 		{"all-at-once", func(c *wire.Config) { *c = wire.Config{TLSKey: keyA} },
-			[]string{"LISTEN_PORT=0", "CLIENT_LOGIN_TIMEOUT=0s", "PROXY_TLS_KEY is set but"}},
+			[]string{"LISTEN_PORT=0", "MAX_CLIENT_CONN=0", "CLIENT_LOGIN_TIMEOUT=0s", "PROXY_TLS_KEY is set but"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := good()

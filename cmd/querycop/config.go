@@ -15,6 +15,7 @@ import (
 
 	"github.com/querycop/querycop/admin"
 	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/wire"
 )
 
@@ -33,6 +34,7 @@ type LogConfig struct {
 type Config struct {
 	Backend  backend.Config `envPrefix:"BACKEND_"`
 	Wire     wire.Config
+	Pool     pool.Config
 	Admin    admin.Config
 	AdminKey admin.KeyConfig // ADMIN_API_KEY, read without the prefix
 	Log      LogConfig
@@ -73,6 +75,7 @@ func LoadConfig(environ []string) (Config, error) {
 	semantic := []error{
 		cfg.Backend.Validate(),
 		cfg.Wire.Validate(),
+		cfg.Pool.Validate(),
 		cfg.Admin.Validate(),
 		cfg.Log.Validate(),
 		portClash(cfg.Wire, cfg.Admin),
@@ -232,6 +235,9 @@ var (
 // parseReason says why a value did not parse, in the operator's terms
 // rather than strconv's.
 func parseReason(t reflect.Type, err error) string {
+	for t.Kind() == reflect.Pointer { // optional values, e.g. *time.Duration
+		t = t.Elem()
+	}
 	switch {
 	case t == durationType:
 		return "not a duration; write a number with a unit, e.g. 10s, 2m or 1m30s"

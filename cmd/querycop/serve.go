@@ -28,7 +28,9 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv, err := wire.NewServer(cfg.Wire, &pool.Direct{Dialer: dialer}, dialer.TokenMode(), log)
+	pools := pool.New(cfg.Pool, dialer, dialer.TokenMode(), log)
+	defer pools.Close()
+	srv, err := wire.NewServer(cfg.Wire, pools, dialer.TokenMode(), log)
 	if err != nil {
 		return err
 	}
@@ -42,6 +44,10 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		Str("backend", fmt.Sprintf("%s:%d", cfg.Backend.Host, cfg.Backend.Port)).
 		Str("backend_tls_mode", string(cfg.Backend.TLSMode)).
 		Bool("token_mode", dialer.TokenMode()).
+		Int("pool_size", cfg.Pool.Size).
+		Int("pool_min_idle", cfg.Pool.MinIdle).
+		Dur("pool_max_conn_lifetime", cfg.Pool.MaxConnLifetime).
+		Int("max_client_conn", cfg.Wire.MaxClientConn).
 		Msg("querycop started")
 
 	served := make(chan error, 1)

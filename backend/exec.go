@@ -1,0 +1,98 @@
+package backend
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// maxControlMessage bounds what Exec accepts from the server for its own
+// small queries (reset, SET); a bigger message means the connection is not
+// in the state we think.
+const maxControlMessage = 1 << 20
+
+// Exec runs sql with the simple query protocol and reads every response up
+// to ReadyForQuery, keeping ParameterStatus changes (a reset query resets
+// reported parameters, and the server says so). It returns the server's
+// first error as a *pgconn.PgError and the final transaction status.
+// Only for the gateway's own statements, while no session is relaying.
+func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) {
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = c.netConn.SetDeadline(deadline)
+		defer c.netConn.SetDeadline(time.Time{})
+	}
+	buf, err := (&pgproto3.Query{String: sql}).Encode(nil)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := c.netConn.Write(buf); err != nil {
+		return 0, fmt.Errorf("sending query: %w", err)
+	}
+	return c.readUntilReady(1)
+}
+
+// Drain reads and discards responses until n more ReadyForQuery messages
+// have arrived (responses the client no longer waits for).
+func (c *Conn) Drain(ctx context.Context, n int) (txStatus byte, err error) {
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = c.netConn.SetDeadline(deadline)
+		defer c.netConn.SetDeadline(time.Time{})
+	}
+	return c.readUntilReady(n)
+}
+
+func (c *Conn) readUntilReady(n int) (byte, error) {
+	var firstErr error
+	var hdr [5]byte
+	for {
+		if _, err := io.ReadFull(c.netConn, hdr[:]); err != nil {
+			return 0, fmt.Errorf("reading response: %w", err)
+		}
+		length := binary.BigEndian.Uint32(hdr[1:])
+		if length < 4 || length-4 > maxControlMessage {
+			return 0, fmt.Errorf("invalid message length %d from server", length)
+		}
+		body := make([]byte, length-4)
+		if _, err := io.ReadFull(c.netConn, body); err != nil {
+			return 0, fmt.Errorf("reading response: %w", err)
+		}
+		switch hdr[0] {
+		case 'S':
+			var ps pgproto3.ParameterStatus
+			if err := ps.Decode(body); err == nil {
+				c.params[ps.Name] = ps.Value
+			}
+		case 'E':
+			var er pgproto3.ErrorResponse
+			if err := er.Decode(body); err == nil && firstErr == nil {
+				firstErr = pgconn.ErrorResponseToPgError(&er)
+			}
+		case 'Z':
+			n--
+			if n == 0 {
+				if len(body) != 1 {
+					return 0, errors.New("invalid ReadyForQuery from server")
+				}
+				return body[0], firstErr
+			}
+		}
+	}
+}
+
+// Alive checks, without blocking, that an idle connection has neither
+// been closed by the server nor received anything unexpected (an idle
+// connection's server says nothing unless it is going away).
+func (c *Conn) Alive() bool {
+	_ = c.netConn.SetReadDeadline(time.Now())
+	var one [1]byte
+	n, err := c.netConn.Read(one[:])
+	_ = c.netConn.SetReadDeadline(time.Time{})
+	return n == 0 && errors.Is(err, os.ErrDeadlineExceeded)
+}

@@ -1,0 +1,82 @@
+package pool
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/puddle/v2"
+
+	"github.com/querycop/querycop/backend"
+)
+
+// resetTimeout bounds the gateway's own statements on release.
+const resetTimeout = 5 * time.Second
+
+// Lease is a backend connection held by one session.
+type Lease struct {
+	res  *puddle.Resource[*conn]
+	pool *Pool
+}
+
+// Conn is the leased connection.
+func (l *Lease) Conn() *backend.Conn { return l.res.Value().Conn }
+
+// ReleaseState is what the relay knows about the connection when the
+// session let go of it.
+type ReleaseState struct {
+	// Clean: the relay stopped between messages in both directions, with
+	// every request answered.
+	Clean bool
+	// Busy: the server was still working on a request of the client's.
+	Busy bool
+	// TxStatus is the last ReadyForQuery status ('I', 'T' or 'E').
+	TxStatus byte
+	// Broken: the connection failed or its protocol state is unknown.
+	Broken bool
+}
+
+// Release returns the connection to the pool after making it fit for the
+// next session: a transaction left open is rolled back, then the reset
+// query runs (so temp tables, prepared statements, LISTEN, advisory locks
+// and SETs never leak). A connection whose state is in doubt, that fails
+// its reset or that is past its retirement is closed instead.
+func (l *Lease) Release(st ReleaseState) {
+	pl := l.pool
+	c := l.res.Value()
+	switch {
+	case st.Broken:
+		pl.destroy(l.res, "backend-gone")
+		return
+	case st.Busy || !st.Clean:
+		// The client left mid-request: stop the server's work so locks are
+		// let go now rather than when the query ends, then close.
+		if st.Busy {
+			ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
+			_ = c.Cancel(ctx)
+			cancel()
+		}
+		pl.destroy(l.res, "client-gone")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
+	defer cancel()
+	if st.TxStatus == 'T' || st.TxStatus == 'E' {
+		if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
+			pl.destroy(l.res, "reset-failed")
+			return
+		}
+		pl.stats.rollbacks.Add(1)
+	}
+	if q := pl.ps.cfg.ResetQuery; q != "" {
+		if tx, err := c.Exec(ctx, q); err != nil || tx != 'I' {
+			pl.log.Warn().Uint32("backend_pid", c.PID()).AnErr("error", err).Msg("reset query failed; closing the connection (check GATEKEEPER_POOL_RESET_QUERY)")
+			pl.destroy(l.res, "reset-failed")
+			return
+		}
+	}
+	if time.Now().After(c.retireAt) {
+		pl.destroy(l.res, "lifetime")
+		return
+	}
+	l.res.Release()
+}

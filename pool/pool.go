@@ -1,0 +1,325 @@
+package pool
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"maps"
+	mathrand "math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
+	"github.com/rs/zerolog"
+
+	"github.com/querycop/querycop/backend"
+)
+
+// Dialer opens authenticated backend connections; *backend.Dialer
+// satisfies it.
+type Dialer interface {
+	Dial(ctx context.Context, p backend.Params) (*backend.Conn, error)
+}
+
+// Key names one pool. In pass-through mode it includes a keyed hash of the
+// client's password, so a session is only ever handed a connection that was
+// authenticated with its own credential; the password is not part of it.
+type Key struct {
+	Database   string
+	User       string
+	credential [sha256.Size]byte
+}
+
+// Pools is the set of pools, one per Key, and the janitor that keeps them.
+type Pools struct {
+	cfg       Config
+	dialer    Dialer
+	tokenMode bool
+	log       zerolog.Logger
+	salt      [32]byte
+	tick      time.Duration
+
+	mu     sync.Mutex
+	pools  map[Key]*Pool
+	closed bool
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// New starts the pools' janitor; Close stops it. In token mode the client
+// credential plays no part in the key.
+func New(cfg Config, dialer Dialer, tokenMode bool, log zerolog.Logger) *Pools {
+	ps := &Pools{
+		cfg: cfg, dialer: dialer, tokenMode: tokenMode, log: log,
+		pools: map[Key]*Pool{}, stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	_, _ = rand.Read(ps.salt[:])
+	// Often enough that retirement happens ahead of retireAt (see maintain),
+	// rarely enough to cost nothing.
+	ps.tick = min(max(min(cfg.MaxConnLifetime/8, cfg.MaxConnIdleTime/4), 50*time.Millisecond), time.Second)
+	go ps.janitor()
+	return ps
+}
+
+// Admit finds the pool for a client's database, user and credential. In
+// pass-through mode a credential not verified within AuthCacheTTL is
+// checked by a real backend authentication first (that connection joins
+// the pool), and the server's refusal is returned unchanged. The caller
+// must call Leave when the client is gone.
+func (ps *Pools) Admit(ctx context.Context, p backend.Params) (*Pool, error) {
+	key := Key{Database: p.Database, User: p.User}
+	if !ps.tokenMode {
+		mac := hmac.New(sha256.New, ps.salt[:])
+		mac.Write([]byte(p.Password))
+		mac.Sum(key.credential[:0])
+	}
+	ps.mu.Lock()
+	if ps.closed {
+		ps.mu.Unlock()
+		return nil, puddle.ErrClosedPool
+	}
+	pl := ps.pools[key]
+	if pl == nil {
+		pl = ps.newPool(key)
+		ps.pools[key] = pl
+	}
+	pl.clients.Add(1)
+	ps.mu.Unlock()
+
+	if err := pl.admit(ctx, p.Password); err != nil {
+		pl.Leave()
+		return nil, err
+	}
+	return pl, nil
+}
+
+// Close closes every pool: idle connections at once, the others when their
+// sessions release them. It blocks until all are closed.
+func (ps *Pools) Close() {
+	ps.mu.Lock()
+	if ps.closed {
+		ps.mu.Unlock()
+		return
+	}
+	ps.closed = true
+	all := make([]*Pool, 0, len(ps.pools))
+	for _, pl := range ps.pools {
+		all = append(all, pl)
+	}
+	ps.mu.Unlock()
+	close(ps.stop)
+	<-ps.done
+	for _, pl := range all {
+		pl.res.Close()
+	}
+}
+
+func (ps *Pools) all() []*Pool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	out := make([]*Pool, 0, len(ps.pools))
+	for _, pl := range ps.pools {
+		out = append(out, pl)
+	}
+	return out
+}
+
+// Pool is the connections of one Key.
+type Pool struct {
+	key Key
+	ps  *Pools
+	res *puddle.Pool[*conn]
+	log zerolog.Logger
+
+	admitMu    sync.Mutex // one credential check at a time; others wait for its verdict
+	verifiedAt time.Time  // guarded by admitMu
+
+	mu       sync.Mutex
+	password string // pass-through: the verified credential, for dials; never logged
+	params   map[string]string
+	live     map[*conn]struct{}
+	lastUsed time.Time
+
+	clients atomic.Int64 // admitted sessions holding this pool
+	usable  atomic.Bool  // the credential worked; the janitor may dial with it
+	stats   counters
+}
+
+// conn is a pooled backend connection and when it must go.
+type conn struct {
+	*backend.Conn
+	retireAt time.Time
+}
+
+func (ps *Pools) newPool(key Key) *Pool {
+	pl := &Pool{key: key, ps: ps, live: map[*conn]struct{}{}, lastUsed: time.Now(),
+		log: ps.log.With().Str("db", key.Database).Str("user", key.User).Logger()}
+	pl.res, _ = puddle.NewPool(&puddle.Config[*conn]{
+		Constructor: pl.construct,
+		Destructor:  pl.destruct,
+		MaxSize:     int32(max(ps.cfg.Size, 1)),
+	})
+	return pl
+}
+
+func (pl *Pool) admit(ctx context.Context, password string) error {
+	pl.admitMu.Lock()
+	defer pl.admitMu.Unlock()
+	if pl.ps.tokenMode {
+		if pl.StartupParams() != nil {
+			return nil
+		}
+		// The first client of a key: a connection tells what the server reports.
+		if err := pl.create(ctx); err != nil {
+			return err
+		}
+		pl.usable.Store(true)
+		return nil
+	}
+	if pl.StartupParams() != nil && time.Since(pl.verifiedAt) < pl.ps.cfg.AuthCacheTTL {
+		return nil
+	}
+	pl.mu.Lock()
+	pl.password = password
+	pl.mu.Unlock()
+	err := pl.create(ctx)
+	if errors.Is(err, puddle.ErrNotAvailable) {
+		// Full: check the credential on a connection of its own.
+		var c *backend.Conn
+		if c, err = pl.ps.dialer.Dial(ctx, pl.dialParams()); err == nil {
+			c.Close()
+		}
+	}
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000") {
+			// The server no longer takes this credential: nothing
+			// authenticated with it may be handed out again.
+			pl.verifiedAt = time.Time{}
+			pl.usable.Store(false)
+			pl.res.Reset()
+		}
+		return err
+	}
+	pl.verifiedAt = time.Now()
+	pl.usable.Store(true)
+	return nil
+}
+
+// create dials one connection into the pool as idle.
+func (pl *Pool) create(ctx context.Context) error {
+	return pl.res.CreateResource(ctx)
+}
+
+func (pl *Pool) dialParams() backend.Params {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return backend.Params{User: pl.key.User, Database: pl.key.Database, Password: pl.password}
+}
+
+func (pl *Pool) construct(ctx context.Context) (*conn, error) {
+	c, err := pl.ps.dialer.Dial(ctx, pl.dialParams())
+	if err != nil {
+		pl.stats.dialFailures.Add(1)
+		return nil, err
+	}
+	lifetime := pl.ps.cfg.MaxConnLifetime
+	if j := pl.ps.cfg.jitter(); j > 0 {
+		lifetime -= mathrand.N(j)
+	}
+	pc := &conn{Conn: c, retireAt: c.Created().Add(lifetime)}
+	pl.mu.Lock()
+	if pl.params == nil {
+		pl.params = maps.Clone(c.ParameterStatus())
+	}
+	pl.live[pc] = struct{}{}
+	pl.mu.Unlock()
+	pl.stats.created.Add(1)
+	pl.log.Debug().Uint32("backend_pid", c.PID()).Time("retire_at", pc.retireAt).Msg("backend connection opened")
+	return pc, nil
+}
+
+func (pl *Pool) destruct(c *conn) {
+	pl.mu.Lock()
+	delete(pl.live, c)
+	pl.mu.Unlock()
+	c.Close()
+}
+
+// destroy closes a connection for reason, which feeds the log and stats.
+func (pl *Pool) destroy(res *puddle.Resource[*conn], reason string) {
+	pl.stats.closed(reason)
+	pl.log.Debug().Uint32("backend_pid", res.Value().PID()).Str("reason", reason).Msg("backend connection closed")
+	res.Destroy()
+}
+
+// StartupParams is what the server reported at start-up on this pool's
+// first connection: the ParameterStatus set a new client is given. Nil
+// until a connection was made.
+func (pl *Pool) StartupParams() map[string]string {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return pl.params
+}
+
+// Key is the pool's key.
+func (pl *Pool) Key() Key { return pl.key }
+
+// Leave is called once per Admit, when the client has gone.
+func (pl *Pool) Leave() {
+	pl.mu.Lock()
+	pl.lastUsed = time.Now()
+	pl.mu.Unlock()
+	pl.clients.Add(-1)
+}
+
+// AcquireTimeoutError is a client that waited AcquireTimeout for a
+// connection of a full pool.
+type AcquireTimeoutError struct {
+	Key     Key
+	Size    int
+	Timeout time.Duration
+}
+
+func (e *AcquireTimeoutError) Error() string {
+	return fmt.Sprintf("no backend connection for database %q user %q within %s: the pool is full (GATEKEEPER_POOL_SIZE=%d; raise it, or GATEKEEPER_POOL_ACQUIRE_TIMEOUT)",
+		e.Key.Database, e.Key.User, e.Timeout, e.Size)
+}
+
+// Acquire hands out an idle connection, or a new one while the pool has
+// room, or waits up to AcquireTimeout. Connections found dead or past their
+// retirement are replaced without the caller seeing it.
+func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, pl.ps.cfg.AcquireTimeout)
+	defer cancel()
+	start := time.Now()
+	pl.stats.waiting.Add(1)
+	defer pl.stats.waiting.Add(-1)
+	for {
+		res, err := pl.res.Acquire(ctx)
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+				pl.stats.acquireTimeouts.Add(1)
+				return nil, &AcquireTimeoutError{Key: pl.key, Size: int(pl.res.Stat().MaxResources()), Timeout: pl.ps.cfg.AcquireTimeout}
+			}
+			return nil, err
+		}
+		c := res.Value()
+		if time.Now().After(c.retireAt) {
+			pl.destroy(res, "lifetime")
+			continue
+		}
+		if !c.Alive() {
+			pl.destroy(res, "backend-gone")
+			continue
+		}
+		pl.stats.acquired(time.Since(start))
+		return &Lease{res: res, pool: pl}, nil
+	}
+}
