@@ -19,7 +19,14 @@ type Conn struct {
 	tls       bool
 	created   time.Time
 	dialer    *Dialer
+	// credentialUseUntil is when the token this connection authenticated
+	// with stops being good for new connections; zero in pass-through mode.
+	credentialUseUntil time.Time
 }
+
+// CredentialUseUntil is the horizon of the token the connection was
+// authenticated with (zero without a token): the pool retires it by then.
+func (c *Conn) CredentialUseUntil() time.Time { return c.credentialUseUntil }
 
 // NetConn is the socket to the server, TLS-wrapped when TLS is in use.
 func (c *Conn) NetConn() net.Conn { return c.netConn }

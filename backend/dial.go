@@ -18,10 +18,12 @@ import (
 	"github.com/querycop/querycop/token"
 )
 
-// TokenSource mints the backend credential in token mode. token.Command
-// satisfies it; the pool may put a cache in front.
+// TokenSource hands out the backend credential in token mode;
+// *token.Source satisfies it.
 type TokenSource interface {
-	Mint(ctx context.Context, t token.Target) (string, error)
+	Token(ctx context.Context, t token.Target) (token.Token, error)
+	// Evict forgets a token the server refused.
+	Evict(t token.Target, value string)
 }
 
 // Params is what a client asked for at start-up.
@@ -94,15 +96,33 @@ func (d *Dialer) TokenMode() bool { return d.tokens != nil }
 // *token.Error, *DialError, *TLSError, *StartupError or the server's own
 // *pgconn.PgError, never containing the credential.
 func (d *Dialer) Dial(ctx context.Context, p Params) (*Conn, error) {
-	password := p.Password
-	if d.tokens != nil {
+	if d.tokens == nil {
+		return d.dialWith(ctx, p, p.Password)
+	}
+	target := token.Target{Host: d.cfg.Host, Port: d.cfg.Port, User: p.User, Database: p.Database}
+	for attempt := 0; ; attempt++ {
 		// Minted before the connect timeout starts: the command has its own.
-		tok, err := d.tokens.Mint(ctx, token.Target{Host: d.cfg.Host, Port: d.cfg.Port, User: p.User, Database: p.Database})
+		tok, err := d.tokens.Token(ctx, target)
 		if err != nil {
 			return nil, err
 		}
-		password = tok
+		c, err := d.dialWith(ctx, p, tok.Value)
+		if err == nil {
+			c.credentialUseUntil = tok.UseUntil
+			return c, nil
+		}
+		// A token revoked or rotated before its exp: forget it and try once
+		// more with a fresh one, so it costs one retry rather than an outage.
+		var pgErr *pgconn.PgError
+		if attempt == 0 && errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000") {
+			d.tokens.Evict(target, tok.Value)
+			continue
+		}
+		return nil, err
 	}
+}
+
+func (d *Dialer) dialWith(ctx context.Context, p Params, password string) (*Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.ConnectTimeout)
 	defer cancel()
 

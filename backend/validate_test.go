@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caarlos0/env/v11"
+
 	"github.com/querycop/querycop/token"
 )
 
@@ -119,9 +121,14 @@ func TestConfigValidate(t *testing.T) {
 	caFile := writeValidateTestFile(t, "ca.pem", caPEM)
 	garbage := writeValidateTestFile(t, "garbage.pem", []byte("hello"))
 
+	// The defaults, as the environment gives them, so fields added later
+	// (here or in token.Config) start valid.
 	good := func() Config {
-		return Config{Host: "db.example.com", Port: 5432, TLSMode: TLSPrefer, ConnectTimeout: 10 * time.Second,
-			Token: token.Config{Timeout: 30 * time.Second}}
+		var c Config
+		if err := env.ParseWithOptions(&c, env.Options{Environment: map[string]string{"HOST": "db.example.com"}}); err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
 	for _, tc := range []struct {
 		name   string
@@ -152,8 +159,10 @@ func TestConfigValidate(t *testing.T) {
 		{"token/allow", func(c *Config) { c.TLSMode, c.Token.Cmd = TLSAllow, "echo t" }, []string{"TLS_MODE=allow, which can fall back to plaintext"}},
 		{"token/disable", func(c *Config) { c.TLSMode, c.Token.Cmd = TLSDisable, "echo t" }, []string{"TLS_MODE=disable, which sends the token in plaintext"}},
 		{"all-at-once", func(c *Config) {
-			*c = Config{TLSMode: TLSVerifyFull, Token: token.Config{Cmd: "echo t"}}
-		}, []string{"BACKEND_HOST is not set", "BACKEND_PORT=0", "CONNECT_TIMEOUT=0s", "TOKEN_TIMEOUT=0s", "needs GATEKEEPER_BACKEND_TLS_CA_FILE"}},
+			tok := c.Token
+			tok.Cmd, tok.Timeout = "echo t", 0
+			*c = Config{TLSMode: TLSVerifyFull, Token: tok}
+		}, []string{"BACKEND_HOST is not set", "BACKEND_PORT=0", "CONNECT_TIMEOUT=0s", "needs GATEKEEPER_BACKEND_TLS_CA_FILE", "TOKEN_TIMEOUT=0s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := good()
@@ -185,7 +194,7 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestProblemsNameTheirVariables(t *testing.T) {
-	err := Config{TLSMode: TLSVerifyFull, Token: token.Config{Cmd: "x"}}.Validate()
+	err := Config{TLSMode: TLSPrefer, Token: token.Config{Cmd: " "}}.Validate()
 	for _, p := range err.(interface{ Unwrap() []error }).Unwrap() {
 		vp, ok := p.(interface{ EnvVars() []string })
 		if !ok || len(vp.EnvVars()) == 0 {

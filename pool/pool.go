@@ -234,6 +234,10 @@ func (pl *Pool) construct(ctx context.Context) (*conn, error) {
 		lifetime -= mathrand.N(j)
 	}
 	pc := &conn{Conn: c, retireAt: c.Created().Add(lifetime)}
+	// Retired, and replaced with a fresh token, before its token's horizon.
+	if until := c.CredentialUseUntil(); !until.IsZero() && until.Before(pc.retireAt) {
+		pc.retireAt = until
+	}
 	pl.mu.Lock()
 	if pl.params == nil {
 		pl.params = maps.Clone(c.ParameterStatus())

@@ -9,8 +9,10 @@ import (
 // Names as the operator writes them: Config is always nested under the
 // backend's prefix, and these names are product-stable.
 const (
-	envCmd     = "GATEKEEPER_BACKEND_TOKEN_CMD"
-	envTimeout = "GATEKEEPER_BACKEND_TOKEN_TIMEOUT"
+	envCmd      = "GATEKEEPER_BACKEND_TOKEN_CMD"
+	envTimeout  = "GATEKEEPER_BACKEND_TOKEN_TIMEOUT"
+	envLifetime = "GATEKEEPER_BACKEND_TOKEN_LIFETIME"
+	envMargin   = "GATEKEEPER_BACKEND_TOKEN_REFRESH_MARGIN"
 )
 
 // Validate reports every problem with c at once, joined with errors.Join.
@@ -25,6 +27,14 @@ func (c Config) Validate() error {
 	if c.Timeout <= 0 {
 		problems = append(problems, problem{vars: []string{envTimeout},
 			msg: fmt.Sprintf("%s=%s must be positive; use a duration such as 30s", envTimeout, c.Timeout)})
+	}
+	if c.Lifetime <= 0 {
+		problems = append(problems, problem{vars: []string{envLifetime},
+			msg: fmt.Sprintf("%s=%s must be positive; use a duration such as 15m", envLifetime, c.Lifetime)})
+	}
+	if c.RefreshMargin < 0 || (c.Lifetime > 0 && c.RefreshMargin >= c.Lifetime) {
+		problems = append(problems, problem{vars: []string{envMargin, envLifetime},
+			msg: fmt.Sprintf("%s=%s must be at least 0 and below %s (%s)", envMargin, c.RefreshMargin, envLifetime, c.Lifetime)})
 	}
 	return errors.Join(problems...)
 }

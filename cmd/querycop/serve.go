@@ -21,7 +21,12 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	var dialer *backend.Dialer
 	var err error
 	if cfg.Backend.Token.Cmd != "" {
-		dialer, err = backend.NewDialer(cfg.Backend, token.NewCommand(cfg.Backend.Token))
+		tokens := token.NewSource(cfg.Backend.Token, token.NewCommand(cfg.Backend.Token))
+		tokens.OnFailure = func(t token.Target, err error) {
+			log.Warn().Str("user", t.User).Str("error", err.Error()).Msg("background token refresh failed")
+		}
+		defer tokens.Close()
+		dialer, err = backend.NewDialer(cfg.Backend, tokens)
 	} else {
 		dialer, err = backend.NewDialer(cfg.Backend, nil)
 	}
