@@ -341,9 +341,10 @@ func newTLSConfig(cfg Config) (*tls.Config, error) {
 	switch {
 	case cfg.TLSMode == TLSVerifyFull:
 		tc.RootCAs = roots
-	case cfg.TLSMode == TLSVerifyCA, cfg.TLSMode == TLSRequire && roots != nil:
-		// verify-ca checks the chain but not the name. As in libpq, require
-		// with a CA file behaves as verify-ca.
+	case cfg.TLSMode == TLSVerifyCA, roots != nil:
+		// verify-ca checks the chain but not the name. As in libpq, the
+		// weaker modes check the chain too when a CA file is given (prefer
+		// and allow then fall back to plaintext if the check fails).
 		tc.InsecureSkipVerify = true
 		tc.VerifyConnection = func(cs tls.ConnectionState) error { return verifyChain(cs, roots) }
 	default:

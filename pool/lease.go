@@ -41,6 +41,7 @@ type ReleaseState struct {
 // and SETs never leak). A connection whose state is in doubt, that fails
 // its reset or that is past its retirement is closed instead.
 func (l *Lease) Release(st ReleaseState) {
+	defer l.pool.lim.release()
 	pl := l.pool
 	c := l.res.Value()
 	switch {
@@ -74,8 +75,14 @@ func (l *Lease) Release(st ReleaseState) {
 			return
 		}
 	}
-	if time.Now().After(c.retireAt) {
+	if c.retired(time.Now()) {
 		pl.destroy(l.res, "lifetime")
+		pl.stats.retired.Add(1)
+		return
+	}
+	if pl.ps.isPaused() {
+		// Paused so the database can restart: hold no idle connection.
+		pl.destroy(l.res, "pause")
 		return
 	}
 	l.res.Release()

@@ -33,12 +33,20 @@ func (pl *Pool) maintain() {
 	horizon := time.Now().Add(pl.ps.tick)
 	idle := pl.res.AcquireAllIdle()
 	total := int(pl.res.Stat().TotalResources())
-	size := int(pl.res.Stat().MaxResources())
+	size, _, _ := pl.lim.snapshot()
+	paused := pl.ps.isPaused()
 	replace := 0
 	for _, res := range idle {
 		c := res.Value()
 		switch {
-		case horizon.After(c.retireAt):
+		case paused:
+			pl.destroy(res, "pause")
+			total--
+		case total > size:
+			// Shrunk at run time: the surplus goes as it turns idle.
+			pl.destroy(res, "resize")
+			total--
+		case c.retired(horizon):
 			// Replace only connections that were in use lately; an idle
 			// pool shrinks through the idle timeout instead.
 			if res.IdleDuration() < cfg.MaxConnIdleTime {
@@ -61,6 +69,9 @@ func (pl *Pool) maintain() {
 		default:
 			res.ReleaseUnused()
 		}
+	}
+	if paused {
+		return
 	}
 	for ; replace > 0; replace-- {
 		pl.createQuietly()

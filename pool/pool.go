@@ -47,6 +47,8 @@ type Pools struct {
 	mu     sync.Mutex
 	pools  map[Key]*Pool
 	closed bool
+	size   int // for pools created from now on (the admin API may change it)
+	paused bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -58,6 +60,7 @@ func New(cfg Config, dialer Dialer, tokenMode bool, log zerolog.Logger) *Pools {
 	ps := &Pools{
 		cfg: cfg, dialer: dialer, tokenMode: tokenMode, log: log,
 		pools: map[Key]*Pool{}, stop: make(chan struct{}), done: make(chan struct{}),
+		size: cfg.Size,
 	}
 	_, _ = rand.Read(ps.salt[:])
 	// Often enough that retirement happens ahead of retireAt (see maintain),
@@ -86,7 +89,7 @@ func (ps *Pools) Admit(ctx context.Context, p backend.Params) (*Pool, error) {
 	}
 	pl := ps.pools[key]
 	if pl == nil {
-		pl = ps.newPool(key)
+		pl = ps.newPool(key, ps.size, ps.paused)
 		ps.pools[key] = pl
 	}
 	pl.clients.Add(1)
@@ -135,6 +138,7 @@ type Pool struct {
 	key Key
 	ps  *Pools
 	res *puddle.Pool[*conn]
+	lim limiter
 	log zerolog.Logger
 
 	admitMu    sync.Mutex // one credential check at a time; others wait for its verdict
@@ -154,16 +158,23 @@ type Pool struct {
 // conn is a pooled backend connection and when it must go.
 type conn struct {
 	*backend.Conn
-	retireAt time.Time
+	retireAt atomic.Int64 // unix nanoseconds; drain moves it to now
 }
 
-func (ps *Pools) newPool(key Key) *Pool {
+func (c *conn) retired(at time.Time) bool { return at.UnixNano() >= c.retireAt.Load() }
+
+// puddleCeiling is puddle's MaxSize: never reached, since the limiter
+// enforces the pool's real (resizable) size in front of it.
+const puddleCeiling = 1 << 20
+
+func (ps *Pools) newPool(key Key, size int, paused bool) *Pool {
 	pl := &Pool{key: key, ps: ps, live: map[*conn]struct{}{}, lastUsed: time.Now(),
+		lim: limiter{size: size, paused: paused},
 		log: ps.log.With().Str("db", key.Database).Str("user", key.User).Logger()}
 	pl.res, _ = puddle.NewPool(&puddle.Config[*conn]{
 		Constructor: pl.construct,
 		Destructor:  pl.destruct,
-		MaxSize:     int32(max(ps.cfg.Size, 1)),
+		MaxSize:     puddleCeiling,
 	})
 	return pl
 }
@@ -188,14 +199,7 @@ func (pl *Pool) admit(ctx context.Context, password string) error {
 	pl.mu.Lock()
 	pl.password = password
 	pl.mu.Unlock()
-	err := pl.create(ctx)
-	if errors.Is(err, puddle.ErrNotAvailable) {
-		// Full: check the credential on a connection of its own.
-		var c *backend.Conn
-		if c, err = pl.ps.dialer.Dial(ctx, pl.dialParams()); err == nil {
-			c.Close()
-		}
-	}
+	err := pl.verify(ctx)
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000") {
@@ -210,6 +214,27 @@ func (pl *Pool) admit(ctx context.Context, password string) error {
 	pl.verifiedAt = time.Now()
 	pl.usable.Store(true)
 	return nil
+}
+
+// verify authenticates against the server with the pool's credential,
+// within the pool's size (and not while paused): into the pool when there
+// is room for one more idle connection, else on a connection of its own.
+func (pl *Pool) verify(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, pl.ps.cfg.AcquireTimeout)
+	defer cancel()
+	if err := pl.lim.acquire(ctx); err != nil {
+		return pl.timeoutError()
+	}
+	defer pl.lim.release()
+	size, _, _ := pl.lim.snapshot()
+	if int(pl.res.Stat().TotalResources()) < size {
+		return pl.create(ctx)
+	}
+	c, err := pl.ps.dialer.Dial(ctx, pl.dialParams())
+	if err == nil {
+		c.Close()
+	}
+	return err
 }
 
 // create dials one connection into the pool as idle.
@@ -233,11 +258,13 @@ func (pl *Pool) construct(ctx context.Context) (*conn, error) {
 	if j := pl.ps.cfg.jitter(); j > 0 {
 		lifetime -= mathrand.N(j)
 	}
-	pc := &conn{Conn: c, retireAt: c.Created().Add(lifetime)}
+	retireAt := c.Created().Add(lifetime)
 	// Retired, and replaced with a fresh token, before its token's horizon.
-	if until := c.CredentialUseUntil(); !until.IsZero() && until.Before(pc.retireAt) {
-		pc.retireAt = until
+	if until := c.CredentialUseUntil(); !until.IsZero() && until.Before(retireAt) {
+		retireAt = until
 	}
+	pc := &conn{Conn: c}
+	pc.retireAt.Store(retireAt.UnixNano())
 	pl.mu.Lock()
 	if pl.params == nil {
 		pl.params = maps.Clone(c.ParameterStatus())
@@ -245,7 +272,7 @@ func (pl *Pool) construct(ctx context.Context) (*conn, error) {
 	pl.live[pc] = struct{}{}
 	pl.mu.Unlock()
 	pl.stats.created.Add(1)
-	pl.log.Debug().Uint32("backend_pid", c.PID()).Time("retire_at", pc.retireAt).Msg("backend connection opened")
+	pl.log.Debug().Uint32("backend_pid", c.PID()).Time("retire_at", retireAt).Msg("backend connection opened")
 	return pc, nil
 }
 
@@ -297,26 +324,34 @@ func (e *AcquireTimeoutError) Error() string {
 }
 
 // Acquire hands out an idle connection, or a new one while the pool has
-// room, or waits up to AcquireTimeout. Connections found dead or past their
-// retirement are replaced without the caller seeing it.
+// room, or waits up to AcquireTimeout (and while the pools are paused).
+// Connections found dead or past their retirement are replaced without the
+// caller seeing it.
 func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, pl.ps.cfg.AcquireTimeout)
 	defer cancel()
 	start := time.Now()
-	pl.stats.waiting.Add(1)
-	defer pl.stats.waiting.Add(-1)
+	if err := pl.lim.acquire(ctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			pl.stats.acquireTimeouts.Add(1)
+			return nil, pl.timeoutError()
+		}
+		return nil, err
+	}
 	for {
 		res, err := pl.res.Acquire(ctx)
 		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+			pl.lim.release()
+			if errors.Is(err, context.DeadlineExceeded) {
 				pl.stats.acquireTimeouts.Add(1)
-				return nil, &AcquireTimeoutError{Key: pl.key, Size: int(pl.res.Stat().MaxResources()), Timeout: pl.ps.cfg.AcquireTimeout}
+				return nil, pl.timeoutError()
 			}
 			return nil, err
 		}
 		c := res.Value()
-		if time.Now().After(c.retireAt) {
+		if c.retired(time.Now()) {
 			pl.destroy(res, "lifetime")
+			pl.stats.retired.Add(1)
 			continue
 		}
 		if !c.Alive() {
@@ -326,4 +361,9 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		pl.stats.acquired(time.Since(start))
 		return &Lease{res: res, pool: pl}, nil
 	}
+}
+
+func (pl *Pool) timeoutError() error {
+	size, _, _ := pl.lim.snapshot()
+	return &AcquireTimeoutError{Key: pl.key, Size: size, Timeout: pl.ps.cfg.AcquireTimeout}
 }

@@ -4,10 +4,10 @@ import "time"
 
 // Config is the client-facing listener. Keys are read under GATEKEEPER_.
 type Config struct {
-	ListenAddr   string        `env:"LISTEN_ADDR" envDefault:"127.0.0.1" help:"address the pool port listens on (0.0.0.0 for every interface)"`
-	ListenPort   int           `env:"LISTEN_PORT" envDefault:"15432" help:"pool port that applications connect to"`
-	TLSCert      string        `env:"PROXY_TLS_CERT" help:"PEM certificate (chain) offered to clients that ask for TLS; needs PROXY_TLS_KEY"`
-	TLSKey       string        `env:"PROXY_TLS_KEY" help:"PEM private key for PROXY_TLS_CERT"`
+	ListenAddr    string        `env:"LISTEN_ADDR" envDefault:"127.0.0.1" help:"address the pool port listens on (0.0.0.0 for every interface)"`
+	ListenPort    int           `env:"LISTEN_PORT" envDefault:"15432" help:"pool port that applications connect to"`
+	TLSCert       string        `env:"PROXY_TLS_CERT" help:"PEM certificate (chain) offered to clients that ask for TLS; needs PROXY_TLS_KEY"`
+	TLSKey        string        `env:"PROXY_TLS_KEY" help:"PEM private key for PROXY_TLS_CERT"`
 	LoginTimeout  time.Duration `env:"CLIENT_LOGIN_TIMEOUT" envDefault:"15s" help:"time a client has to finish start-up and authentication"`
 	MaxClientConn int           `env:"MAX_CLIENT_CONN" envDefault:"1000" help:"most clients connected at once; more are refused with SQLSTATE 53300"`
 }

@@ -21,7 +21,7 @@ type framer struct {
 	// answered counts messages that the server answers with exactly one
 	// ReadyForQuery: Query, Sync and FunctionCall from a client, or
 	// ReadyForQuery itself from a server.
-	answered int
+	answered   int
 	fromClient bool
 }
 

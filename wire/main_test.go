@@ -71,7 +71,7 @@ func backendConfig(c *pgtest.Cluster, mode backend.TLSMode) backend.Config {
 		Port:           c.Port,
 		TLSMode:        mode,
 		ConnectTimeout: 10 * time.Second,
-		Token:          token.Config{Timeout: 10 * time.Second},
+		Token:          token.Config{Timeout: 10 * time.Second, Lifetime: 15 * time.Minute, RefreshMargin: time.Minute, Reuse: true},
 	}
 	if mode.Verifies() && c.CA != nil {
 		cfg.TLSCAFile = c.CA.CertFile
@@ -97,7 +97,9 @@ func startPooledGateway(t *testing.T, bcfg backend.Config, pcfg pool.Config, adj
 	t.Helper()
 	var tokens backend.TokenSource
 	if bcfg.Token.Cmd != "" {
-		tokens = token.NewCommand(bcfg.Token)
+		src := token.NewSource(bcfg.Token, token.NewCommand(bcfg.Token))
+		t.Cleanup(src.Close)
+		tokens = src
 	}
 	dialer, err := backend.NewDialer(bcfg, tokens)
 	if err != nil {

@@ -38,9 +38,9 @@ type Server struct {
 	cancel   context.CancelFunc
 	sessions sync.WaitGroup
 
-	mu     sync.Mutex
-	byKey  map[cancelKey]*session
-	live   map[*session]struct{}
+	mu      sync.Mutex
+	byKey   map[cancelKey]*session
+	live    map[*session]struct{}
 	nextID  atomic.Uint64
 	clients atomic.Int64
 }

@@ -113,7 +113,8 @@ const levelReason = "not a log level; use trace, debug, info, warn or error"
 // socket, which would otherwise surface only as "address already in use"
 // after start-up.
 func portClash(w wire.Config, a admin.Config) error {
-	if w.ListenPort != a.Port || !addrsOverlap(w.ListenAddr, a.Addr) {
+	// An invalid port is reported on its own; a clash would only repeat it.
+	if w.ListenPort != a.Port || w.ListenPort < 1 || w.ListenPort > 65535 || !addrsOverlap(w.ListenAddr, a.Addr) {
 		return nil
 	}
 	return problem{vars: []string{envPrefix + "LISTEN_PORT", envPrefix + "API_PORT"},

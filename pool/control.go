@@ -1,0 +1,82 @@
+package pool
+
+import "time"
+
+// Pause stops handing out backend connections, as PgBouncer's PAUSE: new
+// requests wait (up to the acquire timeout), running sessions go on, and
+// every connection is closed as soon as it is idle, so the database can be
+// restarted or failed over. Resume undoes it.
+func (ps *Pools) Pause() {
+	ps.setPaused(true)
+	for _, pl := range ps.all() {
+		pl.maintain() // close what is idle now, not at the next tick
+	}
+}
+
+// Resume hands out connections again after Pause.
+func (ps *Pools) Resume() { ps.setPaused(false) }
+
+func (ps *Pools) setPaused(paused bool) {
+	ps.mu.Lock()
+	ps.paused = paused
+	pools := make([]*Pool, 0, len(ps.pools))
+	for _, pl := range ps.pools {
+		pools = append(pools, pl)
+	}
+	ps.mu.Unlock()
+	for _, pl := range pools {
+		pl.lim.setPaused(paused)
+	}
+}
+
+func (ps *Pools) isPaused() bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.paused
+}
+
+// Paused reports whether Pause is in effect.
+func (ps *Pools) Paused() bool { return ps.isPaused() }
+
+// Drain retires every pooled connection as soon as it is idle (busy ones
+// when their session ends), with replacements made as usual: for rotating
+// credentials or certificates without cutting anyone off.
+func (ps *Pools) Drain() int {
+	now := time.Now().UnixNano()
+	n := 0
+	for _, pl := range ps.all() {
+		pl.mu.Lock()
+		for c := range pl.live {
+			if c.retireAt.Load() > now {
+				c.retireAt.Store(now)
+			}
+			n++
+		}
+		pl.mu.Unlock()
+		pl.maintain()
+	}
+	return n
+}
+
+// Resize sets the size of the pools of database and user (empty matches
+// every one), and of pools created later when both are empty. Growing
+// takes effect at once; shrinking closes surplus connections as they turn
+// idle and never cuts a session. It returns how many pools changed.
+func (ps *Pools) Resize(database, user string, size int) int {
+	ps.mu.Lock()
+	if database == "" && user == "" {
+		ps.size = size
+	}
+	var match []*Pool
+	for key, pl := range ps.pools {
+		if (database == "" || key.Database == database) && (user == "" || key.User == user) {
+			match = append(match, pl)
+		}
+	}
+	ps.mu.Unlock()
+	for _, pl := range match {
+		pl.lim.resize(size)
+		pl.maintain()
+	}
+	return len(match)
+}
