@@ -5,6 +5,9 @@ package admin
 type Config struct {
 	Addr string `env:"API_ADDR" envDefault:"127.0.0.1" help:"address the admin API listens on"`
 	Port int    `env:"API_PORT" envDefault:"8080" help:"admin API port"`
+	// MetricsPublic opens /metrics without the key, for scrapers that
+	// cannot send one; everything else stays protected.
+	MetricsPublic bool `env:"API_METRICS_PUBLIC" envDefault:"false" help:"serve /metrics without ADMIN_API_KEY (the other endpoints stay protected)"`
 }
 
 // KeyConfig holds the admin API key. It is read without the GATEKEEPER_

@@ -367,3 +367,23 @@ func verifyChain(cs tls.ConnectionState, roots *x509.CertPool) error {
 }
 
 func portString(port int) string { return strconv.Itoa(port) }
+
+// Probe checks that the server accepts connections and, in a TLS mode,
+// completes the TLS handshake, without authenticating: a readiness check
+// that needs no credential.
+func (d *Dialer) Probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.ConnectTimeout)
+	defer cancel()
+	policy := tlsOnly
+	switch d.cfg.TLSMode {
+	case TLSDisable, TLSAllow:
+		policy = plainOnly
+	case TLSPrefer:
+		policy = tlsOrPlain
+	}
+	conn, _, err := d.dialNet(ctx, "tcp", net.JoinHostPort(d.cfg.Host, portString(d.cfg.Port)), policy)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}

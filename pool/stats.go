@@ -9,7 +9,6 @@ import (
 
 // counters are a pool's running totals; puddle's Stat gives the gauges.
 type counters struct {
-	waiting         atomic.Int64
 	created         atomic.Int64
 	retired         atomic.Int64
 	rollbacks       atomic.Int64
@@ -20,8 +19,13 @@ type counters struct {
 	acquires    int64
 	waitTotal   time.Duration
 	waitMax     time.Duration
+	waitBuckets [len(AcquireWaitBounds)]int64 // counts at or below each bound, not cumulative
 	closedByWhy map[string]int64
 }
+
+// AcquireWaitBounds are the upper bounds, in seconds, of the acquire-wait
+// histogram: from an idle connection handed out at once to a full pool.
+var AcquireWaitBounds = [...]float64{0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30}
 
 func (c *counters) acquired(wait time.Duration) {
 	c.mu.Lock()
@@ -29,6 +33,12 @@ func (c *counters) acquired(wait time.Duration) {
 	c.acquires++
 	c.waitTotal += wait
 	c.waitMax = max(c.waitMax, wait)
+	for i, bound := range AcquireWaitBounds {
+		if wait.Seconds() <= bound {
+			c.waitBuckets[i]++
+			break
+		}
+	}
 }
 
 func (c *counters) closed(reason string) {
@@ -57,6 +67,9 @@ type Stats struct {
 	AcquireWait     time.Duration `json:"acquire_wait_total_ns"`
 	AcquireWaitMax  time.Duration `json:"acquire_wait_max_ns"`
 	AcquireTimeouts int64         `json:"acquire_timeouts"`
+	// AcquireWaitCumulative[i] counts acquires that waited at most
+	// AcquireWaitBounds[i] seconds.
+	AcquireWaitCumulative []uint64 `json:"-"`
 
 	Created      int64            `json:"created"`
 	Retired      int64            `json:"retired"`
@@ -66,11 +79,23 @@ type Stats struct {
 	OldestAge    time.Duration    `json:"oldest_connection_age_ns"`
 }
 
-// Stats returns a snapshot of every pool, ordered by database and user.
+// Stats returns a snapshot per database and user, ordered by them. Pools of
+// the same database and user with different credentials (a password change
+// in pass-through mode) are added together: the credential is never shown.
 func (ps *Pools) Stats() []Stats {
-	var out []Stats
+	byKey := map[[2]string]*Stats{}
 	for _, pl := range ps.all() {
-		out = append(out, pl.Stats())
+		s := pl.Stats()
+		k := [2]string{s.Database, s.User}
+		if prev := byKey[k]; prev != nil {
+			prev.merge(s)
+		} else {
+			byKey[k] = &s
+		}
+	}
+	out := make([]Stats, 0, len(byKey))
+	for _, s := range byKey {
+		out = append(out, *s)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Database != out[j].Database {
@@ -81,14 +106,40 @@ func (ps *Pools) Stats() []Stats {
 	return out
 }
 
+func (s *Stats) merge(o Stats) {
+	s.Size = max(s.Size, o.Size)
+	s.Total += o.Total
+	s.Idle += o.Idle
+	s.InUse += o.InUse
+	s.Constructing += o.Constructing
+	s.Waiting += o.Waiting
+	s.Clients += o.Clients
+	s.Acquires += o.Acquires
+	s.AcquireWait += o.AcquireWait
+	s.AcquireWaitMax = max(s.AcquireWaitMax, o.AcquireWaitMax)
+	s.AcquireTimeouts += o.AcquireTimeouts
+	for i := range s.AcquireWaitCumulative {
+		s.AcquireWaitCumulative[i] += o.AcquireWaitCumulative[i]
+	}
+	s.Created += o.Created
+	s.Retired += o.Retired
+	for k, v := range o.Closed {
+		s.Closed[k] += v
+	}
+	s.DialFailures += o.DialFailures
+	s.Rollbacks += o.Rollbacks
+	s.OldestAge = max(s.OldestAge, o.OldestAge)
+}
+
 // Stats is a snapshot of the pool.
 func (pl *Pool) Stats() Stats {
 	st := pl.res.Stat()
+	size, _, waiting := pl.lim.snapshot()
 	s := Stats{
-		Database: pl.key.Database, User: pl.key.User, Size: int(st.MaxResources()),
+		Database: pl.key.Database, User: pl.key.User, Size: size, Waiting: int64(waiting),
 		Total: int(st.TotalResources()), Idle: int(st.IdleResources()),
 		InUse: int(st.AcquiredResources()), Constructing: int(st.ConstructingResources()),
-		Waiting: pl.stats.waiting.Load(), Clients: pl.clients.Load(),
+		Clients: pl.clients.Load(),
 		AcquireTimeouts: pl.stats.acquireTimeouts.Load(),
 		Created:         pl.stats.created.Load(), Retired: pl.stats.retired.Load(),
 		DialFailures: pl.stats.dialFailures.Load(), Rollbacks: pl.stats.rollbacks.Load(),
@@ -96,6 +147,11 @@ func (pl *Pool) Stats() Stats {
 	}
 	pl.stats.mu.Lock()
 	s.Acquires, s.AcquireWait, s.AcquireWaitMax = pl.stats.acquires, pl.stats.waitTotal, pl.stats.waitMax
+	var running uint64
+	for _, n := range pl.stats.waitBuckets {
+		running += uint64(n)
+		s.AcquireWaitCumulative = append(s.AcquireWaitCumulative, running)
+	}
 	for k, v := range pl.stats.closedByWhy {
 		s.Closed[k] = v
 	}

@@ -23,6 +23,8 @@ type framer struct {
 	// ReadyForQuery itself from a server.
 	answered   int
 	fromClient bool
+	// messages counts every message started, for metrics.
+	messages int64
 }
 
 var errBadFrame = errors.New("invalid message length in protocol stream")
@@ -62,6 +64,7 @@ func (f *framer) feed(p []byte, stop byte) (int, error) {
 		}
 		f.need = int(length) - 4
 		f.last = f.hdr[0]
+		f.messages++
 		if f.fromClient {
 			if f.last == 'Q' || f.last == 'S' || f.last == 'F' {
 				f.answered++

@@ -91,6 +91,7 @@ func (ss *session) pumpClient(back net.Conn, f *framer, pending []byte) error {
 	bufp := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(bufp)
 	buf := *bufp
+	var counted int64
 	for {
 		var n int
 		var err error
@@ -113,6 +114,9 @@ func (ss *session) pumpClient(back net.Conn, f *framer, pending []byte) error {
 				if _, werr := back.Write(buf[:end]); werr != nil {
 					return &backendWriteError{werr}
 				}
+				ss.srv.counters.bytesIn.Add(int64(end))
+				ss.srv.counters.msgsIn.Add(f.messages - counted)
+				counted = f.messages
 			}
 			if stop >= 0 {
 				return errTerminate
@@ -130,6 +134,7 @@ func (ss *session) pumpBackend(back net.Conn, f *framer) error {
 	bufp := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(bufp)
 	buf := *bufp
+	var counted int64
 	for {
 		n, err := back.Read(buf)
 		if n > 0 {
@@ -142,6 +147,9 @@ func (ss *session) pumpBackend(back net.Conn, f *framer) error {
 			if werr != nil {
 				return &clientWriteError{werr}
 			}
+			ss.srv.counters.bytesOut.Add(int64(n))
+			ss.srv.counters.msgsOut.Add(f.messages - counted)
+			counted = f.messages
 		}
 		if err != nil {
 			return err

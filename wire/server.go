@@ -38,11 +38,12 @@ type Server struct {
 	cancel   context.CancelFunc
 	sessions sync.WaitGroup
 
-	mu      sync.Mutex
-	byKey   map[cancelKey]*session
-	live    map[*session]struct{}
-	nextID  atomic.Uint64
-	clients atomic.Int64
+	mu       sync.Mutex
+	byKey    map[cancelKey]*session
+	live     map[*session]struct{}
+	nextID   atomic.Uint64
+	clients  atomic.Int64
+	counters serverCounters
 }
 
 // NewServer prepares a server; cfg must have passed Validate. In token mode
@@ -154,6 +155,7 @@ func (s *Server) newSession(conn net.Conn) *session {
 		conn:  conn,
 		since: time.Now(),
 		log:   s.log.With().Uint64("conn_id", id).Str("client", conn.RemoteAddr().String()).Logger(),
+		view:  ClientInfo{ID: id, Address: conn.RemoteAddr().String(), State: "login", ConnectedSince: time.Now()},
 	}
 	s.mu.Lock()
 	s.live[ss] = struct{}{}

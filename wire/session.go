@@ -47,6 +47,15 @@ type session struct {
 	killed  atomic.Bool
 
 	overLimit bool // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
+
+	infoMu sync.Mutex
+	view   ClientInfo // for the admin API; guarded by infoMu
+}
+
+func (ss *session) setView(update func(*ClientInfo)) {
+	ss.infoMu.Lock()
+	update(&ss.view)
+	ss.infoMu.Unlock()
 }
 
 // errClientGone is a client that left during start-up without a word; psql
@@ -78,6 +87,7 @@ func (ss *session) run() {
 		return
 	}
 	ss.log = ss.log.With().Str("user", params.User).Str("db", params.Database).Logger()
+	ss.setView(func(v *ClientInfo) { v.User, v.Database, v.TLS = params.User, params.Database, ss.tls })
 	password, err := ss.authenticate()
 	if err != nil {
 		ss.failStartup(err)
@@ -100,6 +110,7 @@ func (ss *session) run() {
 		return
 	}
 	ss.log.Debug().Bool("tls", ss.tls).Msg("client authenticated")
+	ss.setView(func(v *ClientInfo) { v.State = "idle" })
 
 	reason := ss.serve(pl, settings)
 	ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
@@ -108,6 +119,7 @@ func (ss *session) run() {
 // refuse tells the client why it gets no backend, and logs it once.
 func (ss *session) refuse(err error) {
 	resp, reason := backendErrorResponse(err)
+	ss.srv.counters.refuse(reason)
 	ev := ss.log.Warn()
 	if reason == "backend-refused" || reason == "acquire-timeout" {
 		ev = ss.log.Info()
@@ -304,9 +316,11 @@ func (ss *session) failStartup(err error) {
 	case errors.Is(err, errClientGone), errors.Is(err, io.EOF):
 		ss.log.Debug().Str("reason", "client-gone").Msg("client left during start-up")
 	case errors.As(err, &ce):
+		ss.srv.counters.refuse(ce.reason)
 		ss.log.Info().Str("reason", ce.reason).Str("error", ce.Error()).Msg("client refused")
 		ss.send(ce.resp)
 	case errors.As(err, &pe):
+		ss.srv.counters.refuse("protocol-violation")
 		ss.log.Info().Str("reason", "protocol-violation").Str("error", pe.Error()).Msg("client refused")
 		ss.send(fatal(codeProtocolViolation, pe.Error()))
 	case errors.As(err, &upe):
@@ -316,6 +330,7 @@ func (ss *session) failStartup(err error) {
 		// Nothing can be sent: the channel is neither plaintext nor TLS.
 		ss.log.Info().Str("reason", "client-tls").Str("error", te.Error()).Msg("client refused")
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
+		ss.srv.counters.refuse("login-timeout")
 		ss.log.Info().Str("reason", "login-timeout").Msg("client refused")
 		ss.send(fatal(codeProtocolViolation, "start-up not completed within GATEKEEPER_CLIENT_LOGIN_TIMEOUT ("+ss.srv.cfg.LoginTimeout.String()+")"))
 	case errors.Is(err, io.ErrUnexpectedEOF):

@@ -38,6 +38,21 @@ type Config struct {
 	Admin    admin.Config
 	AdminKey admin.KeyConfig // ADMIN_API_KEY, read without the prefix
 	Log      LogConfig
+	Shutdown ShutdownConfig
+}
+
+// ShutdownConfig paces the graceful stop on SIGTERM or SIGINT.
+type ShutdownConfig struct {
+	Timeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s" help:"after SIGTERM, how long running sessions may go on before they are closed with SQLSTATE 57P01"`
+}
+
+// Validate reports a shutdown timeout that is not positive.
+func (c ShutdownConfig) Validate() error {
+	if c.Timeout <= 0 {
+		return problem{vars: []string{envPrefix + "SHUTDOWN_TIMEOUT"},
+			msg: fmt.Sprintf("%sSHUTDOWN_TIMEOUT=%s must be positive; use a duration such as 30s", envPrefix, c.Timeout)}
+	}
+	return nil
 }
 
 // secretVars are never echoed: a value that failed to parse is described
@@ -78,6 +93,7 @@ func LoadConfig(environ []string) (Config, error) {
 		cfg.Pool.Validate(),
 		cfg.Admin.Validate(),
 		cfg.Log.Validate(),
+		cfg.Shutdown.Validate(),
 		portClash(cfg.Wire, cfg.Admin),
 	}
 	for _, p := range flatten(errors.Join(semantic...)) {

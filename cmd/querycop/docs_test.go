@@ -81,7 +81,7 @@ func TestConfigurationDocKeepsLinkedSections(t *testing.T) {
 	}
 	for _, heading := range []string{
 		"## 1. Backend", "### 1.5 Backend TLS", "### 1.6 `GATEKEEPER_BACKEND_TOKEN_CMD`",
-		"## 2. Listening and client TLS", "## 3. Pool", "## 4. Admin API", "## 5. Logging", "## 6. Start-up checks",
+		"## 2. Listening and client TLS", "## 3. Pool", "## 4. Admin API", "## 5. Logging", "## 7. Start-up checks",
 	} {
 		if !strings.Contains(string(data), "\n"+heading+"\n") {
 			t.Errorf("%s lacks the heading %q", configDoc, heading)

@@ -2,26 +2,29 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/querycop/querycop/admin"
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/token"
 	"github.com/querycop/querycop/wire"
 )
 
-// shutdownGrace is how long running sessions may go on after SIGTERM.
-const shutdownGrace = 30 * time.Second
-
-// serve wires the packages together and runs until ctx is cancelled.
+// serve wires the packages together and runs until ctx is cancelled, then
+// drains: /readyz turns 503, the pool port stops accepting, sessions run on
+// for up to GATEKEEPER_SHUTDOWN_TIMEOUT, the rest are closed with 57P01, and
+// the pools are closed.
 func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	var tokens *token.Source
 	var dialer *backend.Dialer
 	var err error
 	if cfg.Backend.Token.Cmd != "" {
-		tokens := token.NewSource(cfg.Backend.Token, token.NewCommand(cfg.Backend.Token))
+		tokens = token.NewSource(cfg.Backend.Token, token.NewCommand(cfg.Backend.Token))
 		tokens.OnFailure = func(t token.Target, err error) {
 			log.Warn().Str("user", t.User).Str("error", err.Error()).Msg("background token refresh failed")
 		}
@@ -42,9 +45,24 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err := srv.Listen(); err != nil {
 		return err
 	}
+	deps := admin.Deps{
+		Pools:   pools,
+		Clients: srv,
+		Ready:   readiness(pools, dialer, tokens),
+		Config:  effectiveConfig(cfg),
+	}
+	if tokens != nil {
+		deps.Tokens = tokens
+	}
+	api := admin.NewServer(cfg.Admin, cfg.AdminKey.APIKey, deps, log)
+	if err := api.Listen(); err != nil {
+		srv.Close()
+		return err
+	}
 	log.Info().
 		Str("version", version).
 		Str("listen", srv.Addr().String()).
+		Str("api", api.Addr().String()).
 		Bool("client_tls", cfg.Wire.TLSCert != "").
 		Str("backend", fmt.Sprintf("%s:%d", cfg.Backend.Host, cfg.Backend.Port)).
 		Str("backend_tls_mode", string(cfg.Backend.TLSMode)).
@@ -57,16 +75,58 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- api.Serve() }()
 	select {
 	case err := <-served:
 		return err
+	case err := <-apiDone:
+		srv.Close()
+		return err
 	case <-ctx.Done():
 	}
-	log.Info().Dur("grace", shutdownGrace).Msg("shutting down: no new clients, waiting for sessions")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+
+	api.SetDraining()
+	log.Info().Dur("timeout", cfg.Shutdown.Timeout).Int64("clients", srv.Stats().Connected).
+		Msg("shutting down: no new clients, waiting for sessions to end")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout)
 	defer cancel()
 	err = srv.Shutdown(shutdownCtx)
 	<-served
+	pools.Close()
+	apiCtx, apiCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer apiCancel()
+	_ = api.Shutdown(apiCtx)
+	<-apiDone
 	log.Info().Msg("querycop stopped")
 	return err
+}
+
+// readiness is /readyz's check: a live pooled connection means the gateway
+// can serve; otherwise the backend must accept a connection (and TLS) now,
+// and in token mode the token command must not be failing.
+func readiness(pools *pool.Pools, dialer *backend.Dialer, tokens *token.Source) func(context.Context) error {
+	return func(ctx context.Context) error {
+		for _, s := range pools.Stats() {
+			if s.Idle+s.InUse > 0 {
+				return nil
+			}
+		}
+		if err := dialer.Probe(ctx); err != nil {
+			return err
+		}
+		if tokens != nil {
+			var lastErr string
+			for _, st := range tokens.Status() {
+				if st.Valid || st.ConsecutiveFailures == 0 {
+					return nil
+				}
+				lastErr = st.LastError
+			}
+			if lastErr != "" {
+				return errors.New(lastErr)
+			}
+		}
+		return nil
+	}
 }

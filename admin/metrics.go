@@ -1,0 +1,120 @@
+package admin
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/querycop/querycop/pool"
+)
+
+// collector reads every figure at scrape time from the pools, the client
+// side and the token source: nothing is counted twice.
+type collector struct {
+	deps Deps
+
+	poolConns, poolSize, poolWaiting, poolClients, poolOldest *prometheus.Desc
+	acquires, acquireTimeouts, acquireWait, created, closed  *prometheus.Desc
+	dialFailures                                             *prometheus.Desc
+	clientsConnected, clientsRefused, relayBytes, relayMsgs  *prometheus.Desc
+	tokenMints, tokenFailures, tokenConsecutive, tokenExpiry *prometheus.Desc
+	paused                                                   *prometheus.Desc
+}
+
+func newCollector(deps Deps) *collector {
+	pl := []string{"database", "user"}
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("querycop_"+name, help, labels, nil)
+	}
+	return &collector{
+		deps:             deps,
+		poolConns:        d("pool_connections", "Backend connections in the pool, by state (idle, in_use, constructing).", "database", "user", "state"),
+		poolSize:         d("pool_size", "Most backend connections the pool may hold.", pl...),
+		poolWaiting:      d("pool_clients_waiting", "Clients waiting for a backend connection of the pool.", pl...),
+		poolClients:      d("pool_clients", "Authenticated clients using the pool.", pl...),
+		poolOldest:       d("pool_oldest_connection_age_seconds", "Age of the pool's oldest backend connection.", pl...),
+		acquires:         d("pool_acquires_total", "Backend connections handed to clients.", pl...),
+		acquireTimeouts:  d("pool_acquire_timeouts_total", "Clients refused after waiting GATEKEEPER_POOL_ACQUIRE_TIMEOUT for a full pool.", pl...),
+		acquireWait:      d("pool_acquire_wait_seconds", "Time clients waited for a backend connection.", pl...),
+		created:          d("pool_connections_created_total", "Backend connections opened.", pl...),
+		closed:           d("pool_connections_closed_total", "Backend connections closed, by reason (lifetime = retired before its lifetime or token horizon).", "database", "user", "reason"),
+		dialFailures:     d("pool_dial_failures_total", "Failed attempts to open a backend connection.", pl...),
+		clientsConnected: d("clients_connected", "Client connections open on the pool port."),
+		clientsRefused:   d("clients_refused_total", "Clients refused, by reason.", "reason"),
+		relayBytes:       d("relay_bytes_total", "Bytes relayed, by direction (from_clients, to_clients).", "direction"),
+		relayMsgs:        d("relay_messages_total", "Protocol messages relayed, by direction (from_clients, to_clients).", "direction"),
+		tokenMints:       d("token_mints_total", "Successful runs of the token command.", "user"),
+		tokenFailures:    d("token_mint_failures_total", "Failed runs of the token command.", "user"),
+		tokenConsecutive: d("token_consecutive_failures", "Failed runs of the token command since the last success.", "user"),
+		tokenExpiry:      d("token_expiry_seconds", "Seconds until the current token expires (negative: expired or none).", "user"),
+		paused:           d("paused", "1 while the pools are paused through the admin API."),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	prometheus.DescribeByCollect(c, ch)
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
+	}
+	if c.deps.Pools != nil {
+		paused := 0.0
+		if c.deps.Pools.Paused() {
+			paused = 1
+		}
+		gauge(c.paused, paused)
+		for _, s := range c.deps.Pools.Stats() {
+			db, user := s.Database, s.User
+			gauge(c.poolConns, float64(s.Idle), db, user, "idle")
+			gauge(c.poolConns, float64(s.InUse), db, user, "in_use")
+			gauge(c.poolConns, float64(s.Constructing), db, user, "constructing")
+			gauge(c.poolSize, float64(s.Size), db, user)
+			gauge(c.poolWaiting, float64(s.Waiting), db, user)
+			gauge(c.poolClients, float64(s.Clients), db, user)
+			gauge(c.poolOldest, s.OldestAge.Seconds(), db, user)
+			counter(c.acquires, float64(s.Acquires), db, user)
+			counter(c.acquireTimeouts, float64(s.AcquireTimeouts), db, user)
+			counter(c.created, float64(s.Created), db, user)
+			counter(c.dialFailures, float64(s.DialFailures), db, user)
+			for reason, n := range s.Closed {
+				counter(c.closed, float64(n), db, user, reason)
+			}
+			buckets := make(map[float64]uint64, len(pool.AcquireWaitBounds))
+			for i, bound := range pool.AcquireWaitBounds {
+				if i < len(s.AcquireWaitCumulative) {
+					buckets[bound] = s.AcquireWaitCumulative[i]
+				}
+			}
+			ch <- prometheus.MustNewConstHistogram(c.acquireWait, uint64(s.Acquires), s.AcquireWait.Seconds(), buckets, db, user)
+		}
+	}
+	if c.deps.Clients != nil {
+		st := c.deps.Clients.Stats()
+		gauge(c.clientsConnected, float64(st.Connected))
+		for reason, n := range st.Refused {
+			counter(c.clientsRefused, float64(n), reason)
+		}
+		counter(c.relayBytes, float64(st.BytesFromClients), "from_clients")
+		counter(c.relayBytes, float64(st.BytesToClients), "to_clients")
+		counter(c.relayMsgs, float64(st.MessagesFromClients), "from_clients")
+		counter(c.relayMsgs, float64(st.MessagesToClients), "to_clients")
+	}
+	if c.deps.Tokens != nil {
+		now := time.Now()
+		for _, t := range c.deps.Tokens.Status() {
+			counter(c.tokenMints, float64(t.Mints), t.User)
+			counter(c.tokenFailures, float64(t.Failures), t.User)
+			gauge(c.tokenConsecutive, float64(t.ConsecutiveFailures), t.User)
+			expiry := -1.0
+			if !t.Expiry.IsZero() {
+				expiry = t.Expiry.Sub(now).Seconds()
+			}
+			gauge(c.tokenExpiry, expiry, t.User)
+		}
+	}
+}

@@ -1,0 +1,297 @@
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/querycop/querycop/pool"
+	"github.com/querycop/querycop/token"
+	"github.com/querycop/querycop/wire"
+)
+
+// Pools is what the admin API reads and steers in the pools.
+type Pools interface {
+	Stats() []pool.Stats
+	Resize(database, user string, size int) int
+	Pause()
+	Resume()
+	Paused() bool
+	Drain() int
+}
+
+// Clients is the read-only view of the client side.
+type Clients interface {
+	Clients() []wire.ClientInfo
+	Stats() wire.Stats
+}
+
+// Tokens is the read-only view of the token source; nil in pass-through
+// mode.
+type Tokens interface {
+	Status() []token.Status
+}
+
+// Deps are the views the admin API serves. Ready reports whether the
+// gateway can serve a client now (probing the backend if it must); its
+// answer is cached briefly so probes do not dial on every call.
+type Deps struct {
+	Pools   Pools
+	Clients Clients
+	Tokens  Tokens
+	Ready   func(ctx context.Context) error
+	// Config is the effective configuration, secrets already redacted.
+	Config any
+}
+
+// readyCacheFor is how long a readiness verdict is reused.
+const readyCacheFor = 2 * time.Second
+
+// Server is the admin HTTP API.
+type Server struct {
+	cfg  Config
+	key  []byte
+	deps Deps
+	log  zerolog.Logger
+	http *http.Server
+	ln   net.Listener
+
+	draining atomic.Bool
+
+	readyMu   sync.Mutex
+	readyAt   time.Time
+	readyErr  error
+	deniedMu  sync.Mutex
+	deniedLog time.Time
+	denied    int
+}
+
+// NewServer builds the API. An empty key leaves every protected endpoint
+// answering 403.
+func NewServer(cfg Config, key string, deps Deps, log zerolog.Logger) *Server {
+	s := &Server{cfg: cfg, key: []byte(key), deps: deps, log: log}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		newCollector(deps),
+	)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	if cfg.MetricsPublic {
+		mux.Handle("GET /metrics", metrics)
+	} else {
+		mux.Handle("GET /metrics", s.protect(metrics.ServeHTTP))
+	}
+	mux.HandleFunc("GET /v1/pools", s.protect(s.pools))
+	mux.HandleFunc("PUT /v1/pools/size", s.protect(s.resize))
+	mux.HandleFunc("GET /v1/clients", s.protect(s.clients))
+	mux.HandleFunc("GET /v1/token", s.protect(s.token))
+	mux.HandleFunc("GET /v1/config", s.protect(s.config))
+	mux.HandleFunc("POST /v1/pause", s.protect(s.pause))
+	mux.HandleFunc("POST /v1/resume", s.protect(s.resume))
+	mux.HandleFunc("POST /v1/drain", s.protect(s.drain))
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	if key == "" {
+		log.Warn().Msg("ADMIN_API_KEY is unset: every admin endpoint except /healthz and /readyz answers 403")
+	}
+	return s
+}
+
+// Listen opens the admin port.
+func (s *Server) Listen() error {
+	addr := net.JoinHostPort(s.cfg.Addr, strconv.Itoa(s.cfg.Port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s for the admin API: %w", addr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is where the API listens.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve serves until Shutdown.
+func (s *Server) Serve() error {
+	if err := s.http.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Shutdown stops the API, letting requests in progress finish until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+// SetDraining turns /readyz to 503 for good: the gateway is shutting down.
+func (s *Server) SetDraining() { s.draining.Store(true) }
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "shutting down"})
+		return
+	}
+	if s.deps.Pools != nil && s.deps.Pools.Paused() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "paused through the admin API"})
+		return
+	}
+	if err := s.checkReady(r.Context()); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) checkReady(ctx context.Context) error {
+	s.readyMu.Lock()
+	defer s.readyMu.Unlock()
+	if time.Since(s.readyAt) < readyCacheFor {
+		return s.readyErr
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s.readyErr = nil
+	if s.deps.Ready != nil {
+		s.readyErr = s.deps.Ready(ctx)
+	}
+	s.readyAt = time.Now()
+	return s.readyErr
+}
+
+// protect requires the bearer key, compared in constant time.
+func (s *Server) protect(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if len(s.key) == 0 {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "ADMIN_API_KEY is unset, so this endpoint is disabled; set ADMIN_API_KEY and restart"})
+			return
+		}
+		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(given), s.key) != 1 {
+			s.logDenied(r)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="querycop"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer key (Authorization: Bearer <ADMIN_API_KEY>)"})
+			return
+		}
+		next(w, r)
+	}
+}
+
+// logDenied logs refused callers at most once every 10 seconds, with how
+// many were refused in between, so a scanner cannot flood the log.
+func (s *Server) logDenied(r *http.Request) {
+	s.deniedMu.Lock()
+	defer s.deniedMu.Unlock()
+	s.denied++
+	if time.Since(s.deniedLog) < 10*time.Second {
+		return
+	}
+	s.log.Warn().Str("remote", r.RemoteAddr).Str("path", r.URL.Path).Int("refused_since_last_line", s.denied).Msg("admin API request refused: missing or wrong key")
+	s.deniedLog = time.Now()
+	s.denied = 0
+}
+
+func (s *Server) pools(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"paused": s.deps.Pools.Paused(), "pools": nonNil(s.deps.Pools.Stats())})
+}
+
+// resizeRequest is the body of PUT /v1/pools/size. Without database and
+// user it sets every pool and the default for new ones.
+type resizeRequest struct {
+	Size     int    `json:"size"`
+	Database string `json:"database"`
+	User     string `json:"user"`
+}
+
+func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
+	var req resizeRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body must be JSON like {\"size\": 30, \"database\": \"appdb\", \"user\": \"app\"} (database and user optional): " + err.Error()})
+		return
+	}
+	if req.Size < 1 || req.Size > 100000 {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "size must be between 1 and 100000"})
+		return
+	}
+	n := s.deps.Pools.Resize(req.Database, req.User, req.Size)
+	s.log.Info().Int("size", req.Size).Str("db", req.Database).Str("user", req.User).Int("pools", n).Msg("pool size changed through the admin API")
+	writeJSON(w, http.StatusOK, map[string]any{"size": req.Size, "pools_changed": n})
+}
+
+func (s *Server) clients(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"clients": nonNil(s.deps.Clients.Clients())})
+}
+
+func (s *Server) token(w http.ResponseWriter, _ *http.Request) {
+	if s.deps.Tokens == nil {
+		writeJSON(w, http.StatusOK, map[string]any{"mode": "pass-through", "tokens": []token.Status{}})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"mode": "token", "tokens": nonNil(s.deps.Tokens.Status())})
+}
+
+func (s *Server) config(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.deps.Config)
+}
+
+func (s *Server) pause(w http.ResponseWriter, _ *http.Request) {
+	s.deps.Pools.Pause()
+	s.log.Info().Msg("pools paused through the admin API")
+	writeJSON(w, http.StatusOK, map[string]any{"paused": true})
+}
+
+func (s *Server) resume(w http.ResponseWriter, _ *http.Request) {
+	s.deps.Pools.Resume()
+	s.log.Info().Msg("pools resumed through the admin API")
+	writeJSON(w, http.StatusOK, map[string]any{"paused": false})
+}
+
+func (s *Server) drain(w http.ResponseWriter, _ *http.Request) {
+	n := s.deps.Pools.Drain()
+	s.log.Info().Int("connections", n).Msg("pools drained through the admin API")
+	writeJSON(w, http.StatusOK, map[string]any{"connections_to_retire": n})
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

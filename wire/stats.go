@@ -1,0 +1,86 @@
+package wire
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ClientInfo describes one connected client for the admin API.
+type ClientInfo struct {
+	ID             uint64    `json:"id"`
+	Address        string    `json:"address"`
+	User           string    `json:"user,omitempty"`
+	Database       string    `json:"database,omitempty"`
+	State          string    `json:"state"` // login, idle (no backend) or active
+	ConnectedSince time.Time `json:"connected_since"`
+	BackendPID     uint32    `json:"backend_pid,omitempty"`
+	TLS            bool      `json:"tls"`
+}
+
+// Stats are the server's running totals for metrics.
+type Stats struct {
+	Connected           int64            `json:"connected"`
+	Refused             map[string]int64 `json:"refused_by_reason"`
+	BytesFromClients    int64            `json:"bytes_from_clients"`
+	BytesToClients      int64            `json:"bytes_to_clients"`
+	MessagesFromClients int64            `json:"messages_from_clients"`
+	MessagesToClients   int64            `json:"messages_to_clients"`
+}
+
+type serverCounters struct {
+	bytesIn, bytesOut atomic.Int64
+	msgsIn, msgsOut   atomic.Int64
+
+	mu      sync.Mutex
+	refused map[string]int64
+}
+
+func (c *serverCounters) refuse(reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refused == nil {
+		c.refused = map[string]int64{}
+	}
+	c.refused[reason]++
+}
+
+// Stats returns the running totals.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		Connected:        s.clients.Load(),
+		BytesFromClients: s.counters.bytesIn.Load(), BytesToClients: s.counters.bytesOut.Load(),
+		MessagesFromClients: s.counters.msgsIn.Load(), MessagesToClients: s.counters.msgsOut.Load(),
+		Refused: map[string]int64{},
+	}
+	s.counters.mu.Lock()
+	for k, v := range s.counters.refused {
+		st.Refused[k] = v
+	}
+	s.counters.mu.Unlock()
+	return st
+}
+
+// Clients lists the connected clients, oldest first.
+func (s *Server) Clients() []ClientInfo {
+	s.mu.Lock()
+	out := make([]ClientInfo, 0, len(s.live))
+	for ss := range s.live {
+		out = append(out, ss.info())
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (ss *session) info() ClientInfo {
+	ss.infoMu.Lock()
+	ci := ss.view
+	ss.infoMu.Unlock()
+	if lease := ss.lease.Load(); lease != nil {
+		ci.State = "active"
+		ci.BackendPID = lease.Conn().PID()
+	}
+	return ci
+}
