@@ -368,10 +368,18 @@ func verifyChain(cs tls.ConnectionState, roots *x509.CertPool) error {
 
 func portString(port int) string { return strconv.Itoa(port) }
 
+// ProbeResult is what Probe learned about the server's endpoint.
+type ProbeResult struct {
+	Addr    string
+	Elapsed time.Duration
+	// TLS is the negotiated TLS state; nil when the connection is plaintext.
+	TLS *tls.ConnectionState
+}
+
 // Probe checks that the server accepts connections and, in a TLS mode,
-// completes the TLS handshake, without authenticating: a readiness check
-// that needs no credential.
-func (d *Dialer) Probe(ctx context.Context) error {
+// completes the TLS handshake with the configured verification, without
+// authenticating: a readiness check and a diagnosis that need no credential.
+func (d *Dialer) Probe(ctx context.Context) (ProbeResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.ConnectTimeout)
 	defer cancel()
 	policy := tlsOnly
@@ -381,9 +389,16 @@ func (d *Dialer) Probe(ctx context.Context) error {
 	case TLSPrefer:
 		policy = tlsOrPlain
 	}
-	conn, _, err := d.dialNet(ctx, "tcp", net.JoinHostPort(d.cfg.Host, portString(d.cfg.Port)), policy)
+	res := ProbeResult{Addr: net.JoinHostPort(d.cfg.Host, portString(d.cfg.Port))}
+	start := time.Now()
+	conn, _, err := d.dialNet(ctx, "tcp", res.Addr, policy)
+	res.Elapsed = time.Since(start)
 	if err != nil {
-		return err
+		return res, err
 	}
-	return conn.Close()
+	if tc, ok := conn.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		res.TLS = &st
+	}
+	return res, conn.Close()
 }

@@ -36,7 +36,11 @@ const usageText = `querycop: PostgreSQL connection-pooling gateway
 
 Usage:
   querycop            run the gateway, configured from the environment
-  querycop check      validate the configuration and exit (0 valid, 2 not)
+  querycop check [-user ROLE] [-database DB]
+                      check the configuration, the token command, the
+                      backend's address and TLS, and authentication, one
+                      line per step (exit 0 ok, 1 a step failed, 2 bad
+                      configuration)
   querycop version    print the version
   querycop help       print this help (also -h, --help)
 

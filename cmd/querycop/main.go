@@ -46,6 +46,9 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 // runContext is run with the context that serve gets, cancelled on
 // SIGINT/SIGTERM in production and by the test otherwise.
 func runContext(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "check" {
+		return runCheck(ctx, args[1:], environ, stdout, stderr)
+	}
 	if len(args) > 1 {
 		fmt.Fprintf(stderr, "querycop: unexpected argument %q\n\n", args[1])
 		printUsage(stderr)
@@ -61,15 +64,6 @@ func runContext(ctx context.Context, args, environ []string, stdout, stderr io.W
 		return exitOK
 	case "version", "--version":
 		fmt.Fprintf(stdout, "querycop %s\n", version)
-		return exitOK
-	case "check":
-		if _, ok := loadOrReport(environ, stderr); !ok {
-			return exitBadConfig
-		}
-		for _, u := range unknownVars(environ) {
-			fmt.Fprintf(stderr, "querycop: warning: %s\n", describeUnknown(u))
-		}
-		fmt.Fprintln(stdout, "querycop: configuration is valid")
 		return exitOK
 	case "":
 		cfg, ok := loadOrReport(environ, stderr)

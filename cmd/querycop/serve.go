@@ -112,7 +112,7 @@ func readiness(pools *pool.Pools, dialer *backend.Dialer, tokens *token.Source) 
 				return nil
 			}
 		}
-		if err := dialer.Probe(ctx); err != nil {
+		if _, err := dialer.Probe(ctx); err != nil {
 			return err
 		}
 		if tokens != nil {
