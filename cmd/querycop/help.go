@@ -41,6 +41,9 @@ Usage:
                       backend's address and TLS, and authentication, one
                       line per step (exit 0 ok, 1 a step failed, 2 bad
                       configuration)
+  querycop healthcheck
+                      GET /healthz on the local admin API (for a container
+                      HEALTHCHECK); exit 0 when alive
   querycop version    print the version
   querycop help       print this help (also -h, --help)
 

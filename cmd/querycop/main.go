@@ -62,6 +62,8 @@ func runContext(ctx context.Context, args, environ []string, stdout, stderr io.W
 	case "help", "-h", "--help":
 		printUsage(stdout)
 		return exitOK
+	case "healthcheck":
+		return runHealthcheck(environ, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "querycop %s\n", version)
 		return exitOK
