@@ -14,11 +14,11 @@ type collector struct {
 	deps Deps
 
 	poolConns, poolSize, poolWaiting, poolClients, poolOldest *prometheus.Desc
-	acquires, acquireTimeouts, acquireWait, created, closed  *prometheus.Desc
-	dialFailures                                             *prometheus.Desc
-	clientsConnected, clientsRefused, relayBytes, relayMsgs  *prometheus.Desc
-	tokenMints, tokenFailures, tokenConsecutive, tokenExpiry *prometheus.Desc
-	paused                                                   *prometheus.Desc
+	acquires, acquireTimeouts, acquireWait, created, closed   *prometheus.Desc
+	dialFailures                                              *prometheus.Desc
+	clientsConnected, clientsRefused, relayBytes, relayMsgs   *prometheus.Desc
+	tokenMints, tokenFailures, tokenConsecutive, tokenExpiry  *prometheus.Desc
+	paused                                                    *prometheus.Desc
 }
 
 func newCollector(deps Deps) *collector {

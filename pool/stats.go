@@ -139,7 +139,7 @@ func (pl *Pool) Stats() Stats {
 		Database: pl.key.Database, User: pl.key.User, Size: size, Waiting: int64(waiting),
 		Total: int(st.TotalResources()), Idle: int(st.IdleResources()),
 		InUse: int(st.AcquiredResources()), Constructing: int(st.ConstructingResources()),
-		Clients: pl.clients.Load(),
+		Clients:         pl.clients.Load(),
 		AcquireTimeouts: pl.stats.acquireTimeouts.Load(),
 		Created:         pl.stats.created.Load(), Retired: pl.stats.retired.Load(),
 		DialFailures: pl.stats.dialFailures.Load(), Rollbacks: pl.stats.rollbacks.Load(),

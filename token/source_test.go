@@ -447,7 +447,11 @@ func TestSourceBackgroundFailureKeepsServing(t *testing.T) {
 		err error
 	}
 	failures := make(chan failure, 10)
-	s.OnFailure = func(tg Target, err error) { failures <- failure{tg, err} }
+	s.OnFailure = func(tg Target, err error) {
+		// A log sink can be slow; callers must not be affected meanwhile.
+		time.Sleep(20 * time.Millisecond)
+		failures <- failure{tg, err}
+	}
 
 	exp = time.Now().Add(2500 * time.Millisecond) // usable 1.5s, refresh at ~1.2s
 	tok := mustToken(t, s, srcTarget)
@@ -635,7 +639,7 @@ func TestSourceCallerCancel(t *testing.T) {
 
 func TestSourceClose(t *testing.T) {
 	t.Parallel()
-	m := &fakeMinter{mint: func(ctx context.Context, int, _ Target) (string, error) {
+	m := &fakeMinter{mint: func(ctx context.Context, _ int, _ Target) (string, error) {
 		<-ctx.Done() // like Command: Close kills the running command
 		return "", &Error{Reason: "canceled: " + ctx.Err().Error(), Err: ctx.Err()}
 	}}
