@@ -22,6 +22,11 @@ type Conn struct {
 	// credentialUseUntil is when the token this connection authenticated
 	// with stops being good for new connections; zero in pass-through mode.
 	credentialUseUntil time.Time
+
+	// Attachment is state a higher layer keeps with this connection across
+	// the sessions that use it (transaction pooling: the statements prepared
+	// on it, the settings applied). Only the current holder touches it.
+	Attachment any
 }
 
 // CredentialUseUntil is the horizon of the token the connection was

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -161,7 +162,7 @@ const (
 
 // connect makes one attempt. usedTLS reports whether TLS was negotiated (or
 // its handshake attempted), for the prefer fallback.
-func (d *Dialer) connect(ctx context.Context, p Params, password string, policy tlsPolicy) (c *Conn, usedTLS bool, err error) {
+func (d *Dialer) connect(ctx context.Context, p Params, password string, policy tlsPolicy) (*Conn, bool, error) {
 	cfg := d.base.Copy()
 	cfg.User = p.User
 	cfg.Database = p.Database
@@ -170,21 +171,26 @@ func (d *Dialer) connect(ctx context.Context, p Params, password string, policy 
 	if cfg.RuntimeParams == nil {
 		cfg.RuntimeParams = map[string]string{}
 	}
+	// Atomic: after a failed start-up pgconn may send a cancel request from
+	// a goroutine of its own through this same DialFunc.
+	var usedTLS atomic.Bool
 	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, tried, err := d.dialNet(ctx, network, addr, policy)
-		usedTLS = tried
+		if tried {
+			usedTLS.Store(true)
+		}
 		return conn, err
 	}
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, usedTLS, d.classify(err)
+		return nil, usedTLS.Load(), d.classify(err)
 	}
-	c, err = hijack(ctx, pc)
+	c, err := hijack(ctx, pc)
 	if err != nil {
-		return nil, usedTLS, err
+		return nil, usedTLS.Load(), err
 	}
 	c.dialer = d
-	return c, usedTLS, nil
+	return c, usedTLS.Load(), nil
 }
 
 // dialNet opens the socket and, per policy, negotiates TLS with PostgreSQL's

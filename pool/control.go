@@ -75,8 +75,19 @@ func (ps *Pools) Resize(database, user string, size int) int {
 	}
 	ps.mu.Unlock()
 	for _, pl := range match {
-		pl.lim.resize(size)
-		pl.maintain()
+		pl.resize(size)
 	}
 	return len(match)
+}
+
+func (pl *Pool) resize(size int) {
+	if size == int(pl.res.Load().Stat().MaxResources()) {
+		return
+	}
+	pl.mu.Lock()
+	pl.old = append(pl.old, pl.res.Load())
+	pl.res.Store(pl.newPuddle(size))
+	pl.mu.Unlock()
+	pl.lim.resize(size)
+	pl.maintain()
 }

@@ -15,6 +15,7 @@ const resetTimeout = 5 * time.Second
 // Lease is a backend connection held by one session.
 type Lease struct {
 	res  *puddle.Resource[*conn]
+	from *puddle.Pool[*conn]
 	pool *Pool
 }
 
@@ -33,6 +34,10 @@ type ReleaseState struct {
 	TxStatus byte
 	// Broken: the connection failed or its protocol state is unknown.
 	Broken bool
+	// KeepState skips the reset query: transaction pooling hands the
+	// connection from client to client between transactions and keeps
+	// prepared statements on it.
+	KeepState bool
 }
 
 // Release returns the connection to the pool after making it fit for the
@@ -68,7 +73,7 @@ func (l *Lease) Release(st ReleaseState) {
 		}
 		pl.stats.rollbacks.Add(1)
 	}
-	if q := pl.ps.cfg.ResetQuery; q != "" {
+	if q := pl.ps.cfg.ResetQuery; q != "" && !st.KeepState {
 		if tx, err := c.Exec(ctx, q); err != nil || tx != 'I' {
 			pl.log.Warn().Uint32("backend_pid", c.PID()).AnErr("error", err).Msg("reset query failed; closing the connection (check GATEKEEPER_POOL_RESET_QUERY)")
 			pl.destroy(l.res, "reset-failed")
@@ -83,6 +88,10 @@ func (l *Lease) Release(st ReleaseState) {
 	if pl.ps.isPaused() {
 		// Paused so the database can restart: hold no idle connection.
 		pl.destroy(l.res, "pause")
+		return
+	}
+	if l.from != pl.res.Load() {
+		pl.adopt(l.res) // resized while leased
 		return
 	}
 	l.res.Release()

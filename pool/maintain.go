@@ -2,7 +2,10 @@ package pool
 
 import (
 	"context"
+	"slices"
 	"time"
+
+	"github.com/jackc/puddle/v2"
 )
 
 // janitor is the one goroutine that keeps every pool: it retires
@@ -27,39 +30,24 @@ func (ps *Pools) janitor() {
 }
 
 func (pl *Pool) maintain() {
+	pl.migrate()
 	cfg := pl.ps.cfg
+	cur := pl.res.Load()
+	size := int(cur.Stat().MaxResources())
+	paused := pl.ps.isPaused()
 	// Retire one tick early, so an Acquire rarely finds a connection
 	// expired and makes its client wait for a dial.
 	horizon := time.Now().Add(pl.ps.tick)
-	idle := pl.res.AcquireAllIdle()
-	total := int(pl.res.Stat().TotalResources())
-	size, _, _ := pl.lim.snapshot()
-	paused := pl.ps.isPaused()
-	replace := 0
-	for _, res := range idle {
+	var retiring []*puddle.Resource[*conn]
+	total := int(cur.Stat().TotalResources())
+	for _, res := range cur.AcquireAllIdle() {
 		c := res.Value()
 		switch {
 		case paused:
 			pl.destroy(res, "pause")
 			total--
-		case total > size:
-			// Shrunk at run time: the surplus goes as it turns idle.
-			pl.destroy(res, "resize")
-			total--
 		case c.retired(horizon):
-			// Replace only connections that were in use lately; an idle
-			// pool shrinks through the idle timeout instead.
-			if res.IdleDuration() < cfg.MaxConnIdleTime {
-				replace++
-			}
-			if total < size && replace > 0 {
-				// Room: the replacement first, so capacity never dips.
-				if pl.createQuietly() {
-					replace--
-				}
-			}
-			pl.destroy(res, "lifetime")
-			pl.stats.retired.Add(1)
+			retiring = append(retiring, res)
 		case res.IdleDuration() > cfg.MaxConnIdleTime && total > cfg.MinIdle:
 			pl.destroy(res, "idle")
 			total--
@@ -67,18 +55,50 @@ func (pl *Pool) maintain() {
 			pl.destroy(res, "backend-gone")
 			total--
 		default:
+			// Back at once: while the janitor holds a connection, clients
+			// wait for it.
 			res.ReleaseUnused()
+		}
+	}
+	for _, res := range retiring {
+		// Replace only connections that were in use lately; an idle pool
+		// shrinks through the idle timeout instead.
+		replace := res.IdleDuration() < cfg.MaxConnIdleTime
+		if replace && int(cur.Stat().TotalResources()) < size {
+			// Room: the replacement first, so capacity never dips.
+			replace = !pl.createQuietly()
+		}
+		pl.destroy(res, "lifetime")
+		pl.stats.retired.Add(1)
+		if replace {
+			pl.createQuietly()
 		}
 	}
 	if paused {
 		return
 	}
-	for ; replace > 0; replace-- {
-		pl.createQuietly()
-	}
-	for int(pl.res.Stat().IdleResources()) < cfg.MinIdle && int(pl.res.Stat().TotalResources()) < size {
+	for int(cur.Stat().IdleResources()) < cfg.MinIdle && int(cur.Stat().TotalResources()) < size {
 		if !pl.createQuietly() {
 			break
+		}
+	}
+}
+
+// migrate moves idle connections of puddles replaced by a resize into the
+// current one, and closes puddles left empty.
+func (pl *Pool) migrate() {
+	pl.mu.Lock()
+	old := slices.Clone(pl.old)
+	pl.mu.Unlock()
+	for _, p := range old {
+		for _, res := range p.AcquireAllIdle() {
+			pl.adopt(res)
+		}
+		if p.Stat().TotalResources() == 0 {
+			p.Close()
+			pl.mu.Lock()
+			pl.old = slices.DeleteFunc(pl.old, func(q *puddle.Pool[*conn]) bool { return q == p })
+			pl.mu.Unlock()
 		}
 	}
 }
@@ -109,9 +129,9 @@ func (ps *Pools) forgetUnused() {
 		pl.mu.Lock()
 		unused := time.Since(pl.lastUsed) > keep
 		pl.mu.Unlock()
-		if unused && pl.clients.Load() == 0 && pl.res.Stat().TotalResources() == 0 {
+		if unused && pl.clients.Load() == 0 && pl.total() == 0 {
 			delete(ps.pools, key)
-			pl.res.Close()
+			pl.close()
 		}
 	}
 }

@@ -119,7 +119,7 @@ func (ps *Pools) Close() {
 	close(ps.stop)
 	<-ps.done
 	for _, pl := range all {
-		pl.res.Close()
+		pl.close()
 	}
 }
 
@@ -137,7 +137,11 @@ func (ps *Pools) all() []*Pool {
 type Pool struct {
 	key Key
 	ps  *Pools
-	res *puddle.Pool[*conn]
+	// res is the current puddle, whose MaxSize is the pool's size: puddle
+	// enforces the cap, even while the janitor holds idle connections. A
+	// resize starts a new puddle; the connections of old ones move over
+	// (or close) as they turn idle.
+	res atomic.Pointer[puddle.Pool[*conn]]
 	lim limiter
 	log zerolog.Logger
 
@@ -145,7 +149,8 @@ type Pool struct {
 	verifiedAt time.Time  // guarded by admitMu
 
 	mu       sync.Mutex
-	password string // pass-through: the verified credential, for dials; never logged
+	old      []*puddle.Pool[*conn] // puddles replaced by a resize, until empty
+	password string                // pass-through: the verified credential, for dials; never logged
 	params   map[string]string
 	live     map[*conn]struct{}
 	lastUsed time.Time
@@ -163,20 +168,37 @@ type conn struct {
 
 func (c *conn) retired(at time.Time) bool { return at.UnixNano() >= c.retireAt.Load() }
 
-// puddleCeiling is puddle's MaxSize: never reached, since the limiter
-// enforces the pool's real (resizable) size in front of it.
-const puddleCeiling = 1 << 20
-
 func (ps *Pools) newPool(key Key, size int, paused bool) *Pool {
 	pl := &Pool{key: key, ps: ps, live: map[*conn]struct{}{}, lastUsed: time.Now(),
 		lim: limiter{size: size, paused: paused},
 		log: ps.log.With().Str("db", key.Database).Str("user", key.User).Logger()}
-	pl.res, _ = puddle.NewPool(&puddle.Config[*conn]{
+	pl.res.Store(pl.newPuddle(size))
+	return pl
+}
+
+func (pl *Pool) newPuddle(size int) *puddle.Pool[*conn] {
+	p, _ := puddle.NewPool(&puddle.Config[*conn]{
 		Constructor: pl.construct,
 		Destructor:  pl.destruct,
-		MaxSize:     puddleCeiling,
+		MaxSize:     int32(max(size, 1)),
 	})
-	return pl
+	return p
+}
+
+// adoptKey carries an existing connection into a puddle's constructor:
+// puddle has no other way to take in a resource it did not build.
+type adoptKey struct{}
+
+// adopt moves a connection of an old puddle into the current one, or
+// closes it when there is no room.
+func (pl *Pool) adopt(res *puddle.Resource[*conn]) {
+	c := res.Value()
+	res.Hijack()
+	ctx := context.WithValue(context.Background(), adoptKey{}, c)
+	if err := pl.res.Load().CreateResource(ctx); err != nil {
+		pl.stats.closed("resize")
+		pl.destruct(c)
+	}
 }
 
 func (pl *Pool) admit(ctx context.Context, password string) error {
@@ -207,7 +229,7 @@ func (pl *Pool) admit(ctx context.Context, password string) error {
 			// authenticated with it may be handed out again.
 			pl.verifiedAt = time.Time{}
 			pl.usable.Store(false)
-			pl.res.Reset()
+			pl.res.Load().Reset()
 		}
 		return err
 	}
@@ -226,9 +248,8 @@ func (pl *Pool) verify(ctx context.Context) error {
 		return pl.timeoutError()
 	}
 	defer pl.lim.release()
-	size, _, _ := pl.lim.snapshot()
-	if int(pl.res.Stat().TotalResources()) < size {
-		return pl.create(ctx)
+	if err := pl.create(ctx); !errors.Is(err, puddle.ErrNotAvailable) {
+		return err
 	}
 	c, err := pl.ps.dialer.Dial(ctx, pl.dialParams())
 	if err == nil {
@@ -239,7 +260,7 @@ func (pl *Pool) verify(ctx context.Context) error {
 
 // create dials one connection into the pool as idle.
 func (pl *Pool) create(ctx context.Context) error {
-	return pl.res.CreateResource(ctx)
+	return pl.res.Load().CreateResource(ctx)
 }
 
 func (pl *Pool) dialParams() backend.Params {
@@ -249,6 +270,9 @@ func (pl *Pool) dialParams() backend.Params {
 }
 
 func (pl *Pool) construct(ctx context.Context) (*conn, error) {
+	if c, ok := ctx.Value(adoptKey{}).(*conn); ok {
+		return c, nil
+	}
 	c, err := pl.ps.dialer.Dial(ctx, pl.dialParams())
 	if err != nil {
 		pl.stats.dialFailures.Add(1)
@@ -299,6 +323,29 @@ func (pl *Pool) StartupParams() map[string]string {
 	return pl.params
 }
 
+// close closes the pool's puddles, waiting for leased connections.
+func (pl *Pool) close() {
+	pl.mu.Lock()
+	old := pl.old
+	pl.old = nil
+	pl.mu.Unlock()
+	for _, p := range old {
+		p.Close()
+	}
+	pl.res.Load().Close()
+}
+
+// total counts the pool's connections in every puddle.
+func (pl *Pool) total() int {
+	n := int(pl.res.Load().Stat().TotalResources())
+	pl.mu.Lock()
+	for _, p := range pl.old {
+		n += int(p.Stat().TotalResources())
+	}
+	pl.mu.Unlock()
+	return n
+}
+
 // Key is the pool's key.
 func (pl *Pool) Key() Key { return pl.key }
 
@@ -339,7 +386,11 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		return nil, err
 	}
 	for {
-		res, err := pl.res.Acquire(ctx)
+		from := pl.res.Load()
+		res, err := from.Acquire(ctx)
+		if errors.Is(err, puddle.ErrClosedPool) && from != pl.res.Load() {
+			continue // resized under our feet: the new puddle serves
+		}
 		if err != nil {
 			pl.lim.release()
 			if errors.Is(err, context.DeadlineExceeded) {
@@ -359,7 +410,7 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 			continue
 		}
 		pl.stats.acquired(time.Since(start))
-		return &Lease{res: res, pool: pl}, nil
+		return &Lease{res: res, from: from, pool: pl}, nil
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/puddle/v2"
 )
 
 // counters are a pool's running totals; puddle's Stat gives the gauges.
@@ -133,12 +135,9 @@ func (s *Stats) merge(o Stats) {
 
 // Stats is a snapshot of the pool.
 func (pl *Pool) Stats() Stats {
-	st := pl.res.Stat()
 	size, _, waiting := pl.lim.snapshot()
 	s := Stats{
 		Database: pl.key.Database, User: pl.key.User, Size: size, Waiting: int64(waiting),
-		Total: int(st.TotalResources()), Idle: int(st.IdleResources()),
-		InUse: int(st.AcquiredResources()), Constructing: int(st.ConstructingResources()),
 		Clients:         pl.clients.Load(),
 		AcquireTimeouts: pl.stats.acquireTimeouts.Load(),
 		Created:         pl.stats.created.Load(), Retired: pl.stats.retired.Load(),
@@ -158,6 +157,13 @@ func (pl *Pool) Stats() Stats {
 	pl.stats.mu.Unlock()
 	now := time.Now()
 	pl.mu.Lock()
+	for _, p := range append([]*puddle.Pool[*conn]{pl.res.Load()}, pl.old...) {
+		st := p.Stat()
+		s.Total += int(st.TotalResources())
+		s.Idle += int(st.IdleResources())
+		s.InUse += int(st.AcquiredResources())
+		s.Constructing += int(st.ConstructingResources())
+	}
 	for c := range pl.live {
 		s.OldestAge = max(s.OldestAge, now.Sub(c.Created()))
 	}

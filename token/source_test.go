@@ -429,8 +429,10 @@ func TestBackoffSchedule(t *testing.T) {
 
 // A token that is still usable keeps being served while background refreshes
 // fail, and the failures are reported through OnFailure.
+//
+// Not parallel, so that a race report under -race is attributed to this test
+// alone.
 func TestSourceBackgroundFailureKeepsServing(t *testing.T) {
-	t.Parallel()
 	var exp time.Time
 	m := &fakeMinter{mint: func(_ context.Context, n int, _ Target) (string, error) {
 		if n == 1 {

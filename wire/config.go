@@ -1,6 +1,9 @@
 package wire
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Config is the client-facing listener. Keys are read under GATEKEEPER_.
 type Config struct {
@@ -10,4 +13,25 @@ type Config struct {
 	TLSKey        string        `env:"PROXY_TLS_KEY" help:"PEM private key for PROXY_TLS_CERT"`
 	LoginTimeout  time.Duration `env:"CLIENT_LOGIN_TIMEOUT" envDefault:"15s" help:"time a client has to finish start-up and authentication"`
 	MaxClientConn int           `env:"MAX_CLIENT_CONN" envDefault:"1000" help:"most clients connected at once; more are refused with SQLSTATE 53300"`
+	PoolMode      PoolMode      `env:"POOL_MODE" envDefault:"session" help:"session (a client keeps its backend until it disconnects) or transaction (a client holds a backend only during a transaction)"`
+	// MaxPreparedStatements bounds the protocol-level prepared statements
+	// transaction mode keeps on one backend connection.
+	MaxPreparedStatements int `env:"MAX_PREPARED_STATEMENTS" envDefault:"200" help:"transaction mode: most prepared statements kept on one backend connection (least recently used are closed)"`
+}
+
+// PoolMode is when a client holds a backend connection.
+type PoolMode string
+
+const (
+	SessionMode     PoolMode = "session"
+	TransactionMode PoolMode = "transaction"
+)
+
+func (m *PoolMode) UnmarshalText(text []byte) error {
+	switch PoolMode(text) {
+	case SessionMode, TransactionMode:
+		*m = PoolMode(text)
+		return nil
+	}
+	return fmt.Errorf("unknown pool mode %q (want session or transaction)", text)
 }

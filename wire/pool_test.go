@@ -198,6 +198,38 @@ func waitNoBackends(t *testing.T, obs *pgconn.PgConn, user string) {
 	}
 }
 
+// sampleBackends counts user's backends on the server every 20ms until the
+// returned stop is called, which gives the most seen and the samples taken.
+func sampleBackends(obs *pgconn.PgConn, user string) (stop func() (most, samples int, err error)) {
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	var most, samples int
+	var err error
+	go func() {
+		defer close(done)
+		for i := 0; i < 100000; i++ {
+			select {
+			case <-quit:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			var n int
+			n, err = backendCount(ctx, obs, user)
+			cancel()
+			if err != nil {
+				return
+			}
+			most, samples = max(most, n), samples+1
+		}
+	}()
+	return func() (int, int, error) {
+		close(quit)
+		<-done
+		return most, samples, err
+	}
+}
+
 // session connects through g, runs sql n times (each must return want when
 // want is not empty) and disconnects.
 func session(ctx context.Context, g *gateway, sql, want string, n int) error {
@@ -510,6 +542,8 @@ func TestStartupParams(t *testing.T) {
 // no session is cut.
 func TestRetirementUnderLoad(t *testing.T) {
 	c := pgtest.Require(t)
+	obs := observer(t, c)
+	waitNoBackends(t, obs, pgtest.UserSCRAM)
 	const lifetime = 2 * time.Second
 	g := startPooledGateway(t, backendConfig(c, backend.TLSDisable), pooledConfig(func(p *pool.Config) {
 		p.Size, p.MaxConnLifetime, p.LifetimeJitter = 5, lifetime, nil
@@ -524,6 +558,10 @@ func TestRetirementUnderLoad(t *testing.T) {
 	var pidsMu sync.Mutex
 	pids := map[string]bool{}
 	var maxAge atomic.Int64
+	var maxTotal atomic.Int64
+	var overMu sync.Mutex
+	var over string // the first snapshot of a pool above its size
+	stopSampling := sampleBackends(obs, pgtest.UserSCRAM)
 	var wg sync.WaitGroup
 	for range clients {
 		wg.Add(1)
@@ -559,10 +597,29 @@ func TestRetirementUnderLoad(t *testing.T) {
 				if age := int64(st.OldestAge); age > maxAge.Load() {
 					maxAge.Store(age)
 				}
+				if total := int64(st.Total); total > maxTotal.Load() {
+					maxTotal.Store(total)
+				}
+				if st.Total > 5 {
+					overMu.Lock()
+					if over == "" {
+						over = fmt.Sprintf("total %d = idle %d + in use %d + constructing %d; created %d, closed %v",
+							st.Total, st.Idle, st.InUse, st.Constructing, st.Created, st.Closed)
+					}
+					overMu.Unlock()
+				}
 			}
 		}()
 	}
 	wg.Wait()
+	mostBackends, samples, sampleErr := stopSampling()
+	if sampleErr != nil {
+		t.Errorf("sampling pg_stat_activity: %v", sampleErr)
+	}
+	t.Logf("%d samples: at most %d u_scram backends on the server; pool total at most %d", samples, mostBackends, maxTotal.Load())
+	if mostBackends > 5 || maxTotal.Load() > 5 {
+		t.Errorf("POOL_SIZE=5 exceeded while connections were retired: %d backends on the server, pool total %d; first snapshot above 5: %s", mostBackends, maxTotal.Load(), over)
+	}
 
 	st, _ := userStats(g, pgtest.UserSCRAM)
 	t.Logf("%d sessions, %d queries, %d backends seen; created %d, retired %d, closed %v, oldest connection seen %s",

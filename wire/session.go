@@ -112,7 +112,12 @@ func (ss *session) run() {
 	ss.log.Debug().Bool("tls", ss.tls).Msg("client authenticated")
 	ss.setView(func(v *ClientInfo) { v.State = "idle" })
 
-	reason := ss.serve(pl, settings)
+	var reason string
+	if ss.srv.cfg.PoolMode == TransactionMode {
+		reason = ss.serveTransactions(pl, settings)
+	} else {
+		reason = ss.serve(pl, settings)
+	}
 	ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
 }
 

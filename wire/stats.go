@@ -27,11 +27,25 @@ type Stats struct {
 	BytesToClients      int64            `json:"bytes_to_clients"`
 	MessagesFromClients int64            `json:"messages_from_clients"`
 	MessagesToClients   int64            `json:"messages_to_clients"`
+
+	// Transaction mode.
+	Transactions               int64         `json:"transactions"`
+	Queries                    int64         `json:"queries"`
+	BackendWait                time.Duration `json:"backend_wait_total_ns"`
+	BackendHeld                time.Duration `json:"backend_held_total_ns"`
+	PreparedStatementHits      int64         `json:"prepared_statement_hits"`
+	PreparedStatementMisses    int64         `json:"prepared_statement_misses"`
+	PreparedStatementEvictions int64         `json:"prepared_statement_evictions"`
 }
 
 type serverCounters struct {
 	bytesIn, bytesOut atomic.Int64
 	msgsIn, msgsOut   atomic.Int64
+
+	// transaction mode
+	transactions, queries               atomic.Int64
+	waitNanos, heldNanos                atomic.Int64
+	prepHits, prepMisses, prepEvictions atomic.Int64
 
 	mu      sync.Mutex
 	refused map[string]int64
@@ -52,7 +66,11 @@ func (s *Server) Stats() Stats {
 		Connected:        s.clients.Load(),
 		BytesFromClients: s.counters.bytesIn.Load(), BytesToClients: s.counters.bytesOut.Load(),
 		MessagesFromClients: s.counters.msgsIn.Load(), MessagesToClients: s.counters.msgsOut.Load(),
-		Refused: map[string]int64{},
+		Refused:      map[string]int64{},
+		Transactions: s.counters.transactions.Load(), Queries: s.counters.queries.Load(),
+		BackendWait: time.Duration(s.counters.waitNanos.Load()), BackendHeld: time.Duration(s.counters.heldNanos.Load()),
+		PreparedStatementHits: s.counters.prepHits.Load(), PreparedStatementMisses: s.counters.prepMisses.Load(),
+		PreparedStatementEvictions: s.counters.prepEvictions.Load(),
 	}
 	s.counters.mu.Lock()
 	for k, v := range s.counters.refused {

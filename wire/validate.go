@@ -25,6 +25,9 @@ func (c Config) Validate() error {
 	if c.ListenPort < 1 || c.ListenPort > 65535 {
 		add(fmt.Sprintf("%s=%d is not a TCP port; use 1 to 65535", envListenPort, c.ListenPort), envListenPort)
 	}
+	if c.MaxPreparedStatements < 1 {
+		add(fmt.Sprintf("GATEKEEPER_MAX_PREPARED_STATEMENTS=%d must be at least 1", c.MaxPreparedStatements), "GATEKEEPER_MAX_PREPARED_STATEMENTS")
+	}
 	if c.MaxClientConn < 1 {
 		add(fmt.Sprintf("GATEKEEPER_MAX_CLIENT_CONN=%d must be at least 1", c.MaxClientConn), "GATEKEEPER_MAX_CLIENT_CONN")
 	}

@@ -1,0 +1,711 @@
+package wire
+
+import (
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/pool"
+)
+
+// Transaction pooling.
+//
+// A client holds a backend only from its first message until the backend
+// reports ReadyForQuery 'I' with every request answered; then the backend
+// goes back to the pool without a reset, and the next message attaches
+// whichever backend the pool hands out.
+//
+// The client side (this session's goroutine) reads whole messages, so it
+// can rename prepared statements and prepare them on a backend that lacks
+// them. The backend side (one goroutine per attachment) walks message
+// headers, drops the answers to messages the gateway injected, and decides
+// when to detach. Both share txSession.mu, held only briefly, never across
+// I/O.
+
+// maxClientMessage bounds one client message in transaction mode, which
+// reads messages whole (PostgreSQL's own limit for most messages is 1 GiB).
+const maxClientMessage = 1 << 30
+
+// stmtPrefix names the statements the gateway prepares on backends. Names
+// derive from the statement's text and parameter types, so clients that
+// prepare the same query share one statement per backend.
+const stmtPrefix = "qc_"
+
+// backendState is what transaction mode keeps with a backend connection
+// (backend.Conn.Attachment) across the clients that borrow it.
+type backendState struct {
+	prepared map[string]*list.Element // statement name → element in lru
+	lru      *list.List               // of statement names, most recent first
+	// settings are the SQL statements last applied for a client's
+	// start-up parameters and SETs, by lower-case parameter name.
+	settings   map[string]string
+	settingsFP string
+}
+
+func stateOf(c *backend.Conn) *backendState {
+	if st, ok := c.Attachment.(*backendState); ok {
+		return st
+	}
+	st := &backendState{prepared: map[string]*list.Element{}, lru: list.New(), settings: map[string]string{}}
+	c.Attachment = st
+	return st
+}
+
+// clientStmt is a statement a client prepared under its own name.
+type clientStmt struct {
+	server string // name on backends
+	parse  []byte // a whole Parse message under the server name, to inject
+}
+
+// pendingReply is a message sent to the backend whose reply the backend
+// side must recognise: it drops the replies to injected messages, and
+// forgets statements whose Parse the server skipped after an error.
+type pendingReply struct {
+	typ      byte   // 'P' or 'C'
+	name     string // for 'P': the server statement name ("" for unnamed)
+	injected bool
+	seq      int // which ReadyForQuery ends the batch it is in
+}
+
+// attachment is one backend held by the client for one transaction.
+type attachment struct {
+	lease *pool.Lease
+	conn  net.Conn
+	state *backendState
+	since time.Time
+
+	sent        int  // messages answered by a ReadyForQuery (Query, Sync, FunctionCall)
+	answered    int  // ReadyForQuery messages received
+	lastSettled bool // the last client message needs nothing more to be answered
+	txStatus    byte
+	pending     []pendingReply
+	errInBatch  bool
+	pendingSet  *setCommand
+	detached    bool
+	done        chan error
+}
+
+// txSession is a client session in transaction mode.
+type txSession struct {
+	ss *session
+	pl *pool.Pool
+
+	mu       sync.Mutex
+	att      *attachment
+	stmts    map[string]*clientStmt
+	settings map[string]string // lower-case name → statement applying it
+	fp       string
+}
+
+func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting) string {
+	tx := &txSession{ss: ss, pl: pl, stmts: map[string]*clientStmt{}, settings: map[string]string{}}
+	for _, st := range startup {
+		tx.settings[lowerASCII(st.name)] = setQuery([]startupSetting{st})
+	}
+	tx.fp = fingerprint(tx.settings)
+	reason := tx.run()
+	tx.mu.Lock()
+	att := tx.att
+	tx.att = nil
+	tx.mu.Unlock()
+	if att != nil {
+		tx.finish(att, reason)
+	}
+	return reason
+}
+
+// run reads client messages until the client leaves.
+func (tx *txSession) run() string {
+	ss := tx.ss
+	var small [512]byte
+	buf := small[:]
+	pooled := (*[]byte)(nil)
+	defer func() {
+		if pooled != nil {
+			relayBufs.Put(pooled)
+		}
+	}()
+	var out []byte
+	r, w := 0, 0
+	for {
+		// Process every complete message buffered.
+		for {
+			typ, body, n := nextMessage(buf[r:w])
+			if n < 0 {
+				ss.send(fatal(codeProtocolViolation, "invalid message length from client"))
+				return "protocol-violation"
+			}
+			if n == 0 {
+				break
+			}
+			r += n
+			if typ == 'X' {
+				if err := tx.flush(&out); err != nil {
+					return reasonForWrite(err)
+				}
+				return "client-close"
+			}
+			var err error
+			out, err = tx.handle(out, typ, body)
+			if err != nil {
+				return tx.failAttach(err)
+			}
+			if len(out) >= relayBufSize {
+				if err := tx.flush(&out); err != nil {
+					return reasonForWrite(err)
+				}
+			}
+		}
+		if err := tx.flush(&out); err != nil {
+			return reasonForWrite(err)
+		}
+		// Make room for the rest of the next message.
+		if r == w {
+			r, w = 0, 0
+			if pooled != nil && tx.detachedNow() {
+				// Idle between transactions: hold only the small buffer.
+				relayBufs.Put(pooled)
+				pooled, buf = nil, small[:]
+			}
+		} else if r > 0 {
+			w = copy(buf, buf[r:w])
+			r = 0
+		}
+		if need := neededLen(buf[:w]); need > len(buf) {
+			if need > maxClientMessage {
+				ss.send(fatal(codeProtocolViolation, "message from client too large"))
+				return "protocol-violation"
+			}
+			if need <= relayBufSize && pooled == nil {
+				pooled = relayBufs.Get().(*[]byte)
+				w = copy(*pooled, buf[:w])
+				buf = *pooled
+			} else if need > len(buf) {
+				grown := make([]byte, need)
+				w = copy(grown, buf[:w])
+				buf = grown
+			}
+		}
+		n, err := ss.conn.Read(buf[w:])
+		w += n
+		if err != nil && n == 0 {
+			if ss.killed.Load() {
+				return "shutdown"
+			}
+			return "client-gone"
+		}
+	}
+}
+
+func reasonForWrite(err error) string {
+	var ce *clientWriteError
+	if errors.As(err, &ce) {
+		return "client-gone"
+	}
+	return "backend-gone"
+}
+
+// nextMessage returns the first complete message in b and its size, 0 when
+// b holds no complete message, -1 for a corrupt length.
+func nextMessage(b []byte) (typ byte, body []byte, n int) {
+	if len(b) < 5 {
+		return 0, nil, 0
+	}
+	length := binary.BigEndian.Uint32(b[1:5])
+	if length < 4 || length > maxClientMessage {
+		return 0, nil, -1
+	}
+	total := int(length) + 1
+	if len(b) < total {
+		return 0, nil, 0
+	}
+	return b[0], b[5:total], total
+}
+
+// neededLen is the size of the buffer needed for the message starting b.
+func neededLen(b []byte) int {
+	if len(b) < 5 {
+		return 5
+	}
+	return int(binary.BigEndian.Uint32(b[1:5])) + 1
+}
+
+func (tx *txSession) detachedNow() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.att == nil
+}
+
+// flush writes the messages gathered for the attached backend.
+func (tx *txSession) flush(out *[]byte) error {
+	if len(*out) == 0 {
+		return nil
+	}
+	tx.mu.Lock()
+	att := tx.att
+	tx.mu.Unlock()
+	if att == nil {
+		*out = (*out)[:0]
+		return errors.New("no backend attached")
+	}
+	_, err := att.conn.Write(*out)
+	tx.ss.srv.counters.bytesIn.Add(int64(len(*out)))
+	*out = (*out)[:0]
+	if err != nil {
+		return &backendWriteError{err}
+	}
+	return nil
+}
+
+// handle processes one client message, appending what goes to the backend
+// to out. It attaches a backend first if the client has none.
+func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
+	tx.mu.Lock()
+	att := tx.att
+	tx.mu.Unlock()
+	if att == nil {
+		var err error
+		if att, err = tx.attach(); err != nil {
+			return out, err
+		}
+	}
+	tx.ss.srv.counters.msgsIn.Add(1)
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	seq := att.sent
+	switch typ {
+	case 'P':
+		name, query, rest, ok := splitParse(body)
+		if !ok || len(name) == 0 {
+			att.pending = append(att.pending, pendingReply{typ: 'P', seq: seq})
+			out = appendRaw(out, typ, body)
+			break
+		}
+		st := &clientStmt{server: serverStmtName(query, rest)}
+		st.parse = appendParse(nil, st.server, query, rest)
+		tx.stmts[string(name)] = st
+		if el, ok := att.state.prepared[st.server]; ok {
+			// Already there: parse it as the unnamed statement, so the
+			// client still gets its ParseComplete in order.
+			att.state.lru.MoveToFront(el)
+			tx.ss.srv.counters.prepHits.Add(1)
+			att.pending = append(att.pending, pendingReply{typ: 'P', seq: seq})
+			out = appendParse(out, "", query, rest)
+			break
+		}
+		tx.ss.srv.counters.prepMisses.Add(1)
+		out = tx.makeRoom(out, att, seq)
+		att.state.prepared[st.server] = att.state.lru.PushFront(st.server)
+		att.pending = append(att.pending, pendingReply{typ: 'P', name: st.server, seq: seq})
+		out = append(out, st.parse...)
+	case 'B':
+		portal, stmt, rest, ok := splitBind(body)
+		if st := tx.stmts[string(stmt)]; ok && len(stmt) > 0 && st != nil {
+			out = tx.ensurePrepared(out, att, st, seq)
+			out = appendBind(out, portal, st.server, rest)
+			break
+		}
+		out = appendRaw(out, typ, body)
+	case 'D':
+		if len(body) > 1 && body[0] == 'S' {
+			if name, ok := cBytes(body[1:]); ok {
+				if st := tx.stmts[string(name)]; st != nil && len(name) > 0 {
+					out = tx.ensurePrepared(out, att, st, seq)
+					out = appendDescribe(out, st.server)
+					break
+				}
+			}
+		}
+		out = appendRaw(out, typ, body)
+	case 'C':
+		if len(body) > 1 && body[0] == 'S' {
+			if name, ok := cBytes(body[1:]); ok && len(name) > 0 {
+				// The statement stays on backends for other clients; the
+				// client's name goes, and closing a name that does not
+				// exist on the server still earns CloseComplete.
+				delete(tx.stmts, string(name))
+			}
+		}
+		att.pending = append(att.pending, pendingReply{typ: 'C', seq: seq})
+		out = appendRaw(out, typ, body)
+	case 'Q':
+		query, _ := cBytes(body)
+		switch cmd := classify(query); {
+		case cmd.listen:
+			out = appendQuery(out, listenRefusal)
+		case cmd.set != nil:
+			cmd.set.seq = seq
+			att.pendingSet = cmd.set
+			out = appendRaw(out, typ, body)
+		default:
+			out = appendRaw(out, typ, body)
+		}
+		tx.ss.srv.counters.queries.Add(1)
+	case 'E':
+		tx.ss.srv.counters.queries.Add(1)
+		out = appendRaw(out, typ, body)
+	default:
+		out = appendRaw(out, typ, body)
+	}
+	if typ == 'Q' || typ == 'S' || typ == 'F' {
+		att.sent++
+	}
+	att.lastSettled = settled(typ)
+	return out, nil
+}
+
+// ensurePrepared injects a Parse for st on the attached backend if the
+// statement is not there yet (it was prepared on another backend).
+func (tx *txSession) ensurePrepared(out []byte, att *attachment, st *clientStmt, seq int) []byte {
+	if el, ok := att.state.prepared[st.server]; ok {
+		att.state.lru.MoveToFront(el)
+		tx.ss.srv.counters.prepHits.Add(1)
+		return out
+	}
+	tx.ss.srv.counters.prepMisses.Add(1)
+	out = tx.makeRoom(out, att, seq)
+	att.state.prepared[st.server] = att.state.lru.PushFront(st.server)
+	att.pending = append(att.pending, pendingReply{typ: 'P', name: st.server, injected: true, seq: seq})
+	return append(out, st.parse...)
+}
+
+// makeRoom closes the least recently used statement when the backend holds
+// GATEKEEPER_MAX_PREPARED_STATEMENTS already.
+func (tx *txSession) makeRoom(out []byte, att *attachment, seq int) []byte {
+	limit := tx.ss.srv.cfg.MaxPreparedStatements
+	if limit <= 0 {
+		limit = 200
+	}
+	for att.state.lru.Len() >= limit {
+		el := att.state.lru.Back()
+		name := el.Value.(string)
+		att.state.lru.Remove(el)
+		delete(att.state.prepared, name)
+		att.pending = append(att.pending, pendingReply{typ: 'C', injected: true, seq: seq})
+		out = appendClose(out, name)
+		tx.ss.srv.counters.prepEvictions.Add(1)
+	}
+	return out
+}
+
+// attach takes a backend from the pool for the client's next transaction
+// and brings its settings in line with the client's.
+func (tx *txSession) attach() (*attachment, error) {
+	ss := tx.ss
+	start := time.Now()
+	lease, err := tx.pl.Acquire(ss.srv.ctx)
+	if err != nil {
+		return nil, err
+	}
+	ss.srv.counters.waitNanos.Add(int64(time.Since(start)))
+	conn := lease.Conn()
+	state := stateOf(conn)
+	if state.settingsFP != tx.fp {
+		if q := settingsDiff(state.settings, tx.settings); q != "" {
+			ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
+			_, err := conn.Exec(ctx, q)
+			cancel()
+			if err != nil {
+				var pgErr *pgconn.PgError
+				if errors.As(err, &pgErr) {
+					lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
+					return nil, &settingsError{pgErr}
+				}
+				lease.Release(pool.ReleaseState{Broken: true})
+				return nil, err
+			}
+		}
+		state.settings = cloneMap(tx.settings)
+		state.settingsFP = tx.fp
+	}
+	att := &attachment{lease: lease, conn: conn.NetConn(), state: state, since: time.Now(),
+		txStatus: 'I', lastSettled: true, done: make(chan error, 1)}
+	tx.mu.Lock()
+	tx.att = att
+	tx.mu.Unlock()
+	ss.lease.Store(lease)
+	ss.srv.counters.transactions.Add(1)
+	go func() { att.done <- tx.pumpBackend(att) }()
+	return att, nil
+}
+
+// settingsError is a client setting the server refused when it was applied
+// on a borrowed backend.
+type settingsError struct{ err *pgconn.PgError }
+
+func (e *settingsError) Error() string { return e.err.Message }
+
+// failAttach tells the client why it got no backend.
+func (tx *txSession) failAttach(err error) string {
+	var se *settingsError
+	if errors.As(err, &se) {
+		resp := fromPgError(se.err)
+		resp.Severity, resp.SeverityUnlocalized = "FATAL", "FATAL"
+		tx.ss.send(resp)
+		return "bad-startup"
+	}
+	var bw *backendWriteError
+	if errors.As(err, &bw) {
+		return "backend-gone"
+	}
+	tx.ss.refuse(err)
+	return reasonOf(err)
+}
+
+// detach hands the backend back to the pool between transactions. Called
+// by the backend side with tx.mu held, once every request is answered and
+// the backend is idle.
+func (tx *txSession) canDetachLocked(att *attachment) bool {
+	return !att.detached && att.sent == att.answered && att.lastSettled && att.txStatus == 'I'
+}
+
+// pumpBackend forwards the backend's messages to the client for one
+// attachment, and ends it when the transaction is over.
+func (tx *txSession) pumpBackend(att *attachment) error {
+	ss := tx.ss
+	bufp := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(bufp)
+	buf := *bufp
+	var out []byte
+	// hold keeps a message whose header or body is split across reads when
+	// the backend side must see it whole (it may drop it or read it).
+	var hold [6]byte
+	holdLen := 0
+	need := 0 // body bytes still to forward of a streamed message
+	for {
+		n, err := att.conn.Read(buf)
+		p := buf[:n]
+		out = out[:0]
+		detach := false
+		for len(p) > 0 && !detach {
+			if need > 0 {
+				k := min(need, len(p))
+				out = append(out, p[:k]...)
+				need -= k
+				p = p[k:]
+				continue
+			}
+			// Assemble a header (and, for the few messages acted on, the
+			// whole message: they are at most 6 bytes).
+			k := copy(hold[holdLen:5], p)
+			p = p[k:]
+			holdLen += k
+			if holdLen < 5 {
+				break
+			}
+			typ := hold[0]
+			length := int(binary.BigEndian.Uint32(hold[1:5]))
+			if length < 4 || length > maxFrameLen {
+				return errBadFrame
+			}
+			if typ == '1' || typ == '3' || typ == 'Z' {
+				whole := 1 + length
+				if whole > len(hold) {
+					return errBadFrame
+				}
+				k = copy(hold[holdLen:whole], p)
+				p = p[k:]
+				holdLen += k
+				if holdLen < whole {
+					break
+				}
+				holdLen = 0
+				keep, end := tx.onReply(att, typ, hold[5:whole])
+				if keep {
+					out = append(out, hold[:whole]...)
+				}
+				ss.srv.counters.msgsOut.Add(1)
+				detach = end
+				continue
+			}
+			// Streamed message: forward the header, then the body as it comes.
+			out = append(out, hold[:5]...)
+			holdLen = 0
+			need = length - 4
+			if typ == 'E' {
+				tx.mu.Lock()
+				att.errInBatch = true
+				tx.mu.Unlock()
+			}
+			ss.srv.counters.msgsOut.Add(1)
+		}
+		if len(out) > 0 {
+			ss.writeMu.Lock()
+			_, werr := ss.conn.Write(out)
+			ss.writeMu.Unlock()
+			ss.srv.counters.bytesOut.Add(int64(len(out)))
+			if werr != nil {
+				return &clientWriteError{werr}
+			}
+		}
+		if detach {
+			if len(p) > 0 {
+				// The server spoke after the transaction's last answer; the
+				// connection is not in a known state.
+				att.lease.Release(pool.ReleaseState{Broken: true})
+			} else {
+				ss.srv.counters.heldNanos.Add(int64(time.Since(att.since)))
+				att.lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// onReply updates the attachment for a ParseComplete, CloseComplete or
+// ReadyForQuery, and says whether the client gets it and whether the
+// attachment ends with it.
+func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end bool) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	switch typ {
+	case '1', '3':
+		want := byte('P')
+		if typ == '3' {
+			want = 'C'
+		}
+		for i, pr := range att.pending {
+			if pr.typ == want {
+				att.pending = append(att.pending[:i], att.pending[i+1:]...)
+				return !pr.injected, false
+			}
+		}
+		return true, false
+	}
+	// ReadyForQuery ends a batch: whatever it did not answer was skipped by
+	// the server after an error, so statements parsed there do not exist.
+	batch := att.answered
+	att.answered++
+	if len(body) == 1 {
+		att.txStatus = body[0]
+	}
+	kept := att.pending[:0]
+	for _, pr := range att.pending {
+		if pr.seq > batch {
+			kept = append(kept, pr)
+			continue
+		}
+		if pr.typ == 'P' && pr.name != "" {
+			if el, ok := att.state.prepared[pr.name]; ok {
+				att.state.lru.Remove(el)
+				delete(att.state.prepared, pr.name)
+			}
+		}
+	}
+	att.pending = kept
+	if set := att.pendingSet; set != nil && set.seq == batch {
+		att.pendingSet = nil
+		if !att.errInBatch && att.txStatus == 'I' {
+			tx.applySetLocked(att, set)
+		}
+	}
+	att.errInBatch = false
+	if tx.canDetachLocked(att) {
+		att.detached = true
+		tx.att = nil
+		tx.ss.lease.Store(nil)
+		return true, true
+	}
+	return true, false
+}
+
+// applySetLocked records a session-level SET or RESET the client ran
+// outside a transaction, so it is applied again on every backend the
+// client borrows (and undone for the next client of this one).
+func (tx *txSession) applySetLocked(att *attachment, set *setCommand) {
+	switch {
+	case set.resetAll:
+		clear(tx.settings)
+	case set.reset:
+		delete(tx.settings, set.name)
+	default:
+		tx.settings[set.name] = set.statement
+	}
+	tx.fp = fingerprint(tx.settings)
+	att.state.settings = cloneMap(tx.settings)
+	att.state.settingsFP = tx.fp
+}
+
+// finish ends the attachment of a client that is leaving.
+func (tx *txSession) finish(att *attachment, reason string) {
+	_ = att.conn.SetReadDeadline(time.Now())
+	err := <-att.done
+	_ = att.conn.SetReadDeadline(time.Time{})
+	tx.ss.lease.Store(nil)
+	if att.detached {
+		return // released by the backend side
+	}
+	var cw *clientWriteError
+	var ne net.Error
+	backendFailed := err != nil && !errors.As(err, &cw) && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, io.EOF)
+	tx.mu.Lock()
+	st := pool.ReleaseState{
+		TxStatus:  att.txStatus,
+		Busy:      att.sent > att.answered,
+		Clean:     att.sent == att.answered && att.lastSettled && reason != "protocol-violation" && reason != "shutdown",
+		Broken:    backendFailed || errors.Is(err, io.EOF) || reason == "backend-gone",
+		KeepState: true,
+	}
+	tx.mu.Unlock()
+	tx.ss.srv.counters.heldNanos.Add(int64(time.Since(att.since)))
+	att.lease.Release(st)
+}
+
+// serverStmtName derives the backend's name for a statement from its text
+// and parameter types.
+func serverStmtName(query, paramTypes []byte) string {
+	h := sha256.New()
+	h.Write(query)
+	h.Write([]byte{0})
+	h.Write(paramTypes)
+	return stmtPrefix + hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// fingerprint identifies a set of settings, so a backend whose settings
+// already match the client's costs no round trip.
+func fingerprint(settings map[string]string) string {
+	if len(settings) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	for _, name := range sortedKeys(settings) {
+		h.Write([]byte(name))
+		h.Write([]byte{0})
+		h.Write([]byte(settings[name]))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// settingsDiff is the SQL that turns a backend's settings from have into
+// want: RESET what only have set, and apply what want sets differently.
+func settingsDiff(have, want map[string]string) string {
+	var q []byte
+	for _, name := range sortedKeys(have) {
+		if _, ok := want[name]; !ok {
+			q = append(q, "RESET "...)
+			q = append(q, quoteIdent(name)...)
+			q = append(q, ';')
+		}
+	}
+	for _, name := range sortedKeys(want) {
+		if have[name] != want[name] {
+			q = append(q, want[name]...)
+			q = append(q, ';')
+		}
+	}
+	return string(q)
+}
