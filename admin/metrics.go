@@ -19,6 +19,7 @@ type collector struct {
 	clientsConnected, clientsRefused, relayBytes, relayMsgs   *prometheus.Desc
 	tokenMints, tokenFailures, tokenConsecutive, tokenExpiry  *prometheus.Desc
 	paused                                                    *prometheus.Desc
+	transactions, queries, backendWait, backendHeld, prepared *prometheus.Desc
 }
 
 func newCollector(deps Deps) *collector {
@@ -48,6 +49,11 @@ func newCollector(deps Deps) *collector {
 		tokenConsecutive: d("token_consecutive_failures", "Failed runs of the token command since the last success.", "user"),
 		tokenExpiry:      d("token_expiry_seconds", "Seconds until the current token expires (negative: expired or none).", "user"),
 		paused:           d("paused", "1 while the pools are paused through the admin API."),
+		transactions:     d("transactions_total", "Transaction mode: backend connections lent to clients (one per transaction or single statement)."),
+		queries:          d("queries_total", "Transaction mode: Query and Execute messages relayed."),
+		backendWait:      d("backend_wait_seconds_total", "Transaction mode: time clients waited for a backend connection."),
+		backendHeld:      d("backend_held_seconds_total", "Transaction mode: time clients held backend connections."),
+		prepared:         d("prepared_statements_total", "Transaction mode: prepared statement uses, by result (hit: already on the backend, miss: prepared there first, eviction: closed to stay within GATEKEEPER_MAX_PREPARED_STATEMENTS).", "result"),
 	}
 }
 
@@ -103,6 +109,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.relayBytes, float64(st.BytesToClients), "to_clients")
 		counter(c.relayMsgs, float64(st.MessagesFromClients), "from_clients")
 		counter(c.relayMsgs, float64(st.MessagesToClients), "to_clients")
+		counter(c.transactions, float64(st.Transactions))
+		counter(c.queries, float64(st.Queries))
+		counter(c.backendWait, st.BackendWait.Seconds())
+		counter(c.backendHeld, st.BackendHeld.Seconds())
+		counter(c.prepared, float64(st.PreparedStatementHits), "hit")
+		counter(c.prepared, float64(st.PreparedStatementMisses), "miss")
+		counter(c.prepared, float64(st.PreparedStatementEvictions), "eviction")
 	}
 	if c.deps.Tokens != nil {
 		now := time.Now()

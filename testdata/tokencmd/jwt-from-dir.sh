@@ -9,7 +9,15 @@
 #                        ack.<pid>; meanwhile the test writes the new token to
 #                        the file and makes it the role's password, so what
 #                        is printed is always the current password
+#   TOKENCMD_TRACE_FILE  "start <pid> <unix time>" and "end <pid> <unix time>" are
+#                        appended when the run starts and when it prints
 user=${QUERYCOP_BACKEND_USER:-}
+trace() {
+	if [ -n "${TOKENCMD_TRACE_FILE:-}" ]; then
+		echo "$1 $$ $(date +%s.%N)" >>"$TOKENCMD_TRACE_FILE"
+	fi
+}
+trace start
 if [ -n "${TOKENCMD_COUNT_FILE:-}" ]; then
 	printf '%s\n' "$user" >>"$TOKENCMD_COUNT_FILE"
 fi
@@ -28,4 +36,5 @@ if [ ! -r "$file" ]; then
 	echo "no token stored for role $user" >&2
 	exit 1
 fi
+trace end
 cat "$file"
