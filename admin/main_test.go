@@ -113,7 +113,6 @@ var effectiveConfig = map[string]string{
 // that no secret reached the log and that no goroutine was left behind.
 func startGateway(t *testing.T, c *pgtest.Cluster, pcfg pool.Config, acfg admin.Config, key string) *gateway {
 	t.Helper()
-	goroutinesBefore := runtime.NumGoroutine()
 	dialer, err := backend.NewDialer(backend.Config{
 		Host: "127.0.0.1", Port: c.Port, TLSMode: backend.TLSDisable, ConnectTimeout: 5 * time.Second,
 	}, nil)
@@ -169,20 +168,39 @@ func startGateway(t *testing.T, c *pgtest.Cluster, pcfg pool.Config, acfg admin.
 				t.Errorf("the gateway log contains the secret %q", s)
 			}
 		}
-		// The leak check: everything the gateway started has ended.
+		// The leak check: every goroutine running querycop code, other than
+		// the test's own, has ended.
+		var left []string
 		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > goroutinesBefore && time.Now().Before(deadline) {
+		for {
+			if left = gatewayGoroutines(); len(left) == 0 || time.Now().After(deadline) {
+				break
+			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		if n := runtime.NumGoroutine(); n > goroutinesBefore {
-			buf := make([]byte, 1<<20)
-			t.Errorf("%d goroutines left, %d before the gateway started:\n%s", n, goroutinesBefore, buf[:runtime.Stack(buf, true)])
+		if len(left) > 0 {
+			t.Errorf("%d gateway goroutines left after it stopped:\n%s", len(left), strings.Join(left, "\n\n"))
 		}
 		if t.Failed() {
 			t.Logf("gateway log:\n%s", out)
 		}
 	})
 	return g
+}
+
+// gatewayGoroutines returns the stacks of goroutines running querycop
+// code, leaving out the calling one and the test framework's.
+func gatewayGoroutines() []string {
+	buf := make([]byte, 4<<20)
+	all := strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n")
+	var out []string
+	for _, g := range all[1:] { // the first is the caller
+		if strings.Contains(g, "github.com/querycop/querycop/") &&
+			!strings.Contains(g, "testing.tRunner") && !strings.Contains(g, "testing.(*M)") {
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 // call sends one request to the admin API, with the bearer key unless key

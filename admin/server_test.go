@@ -305,25 +305,32 @@ func TestResizeUnderLoad(t *testing.T) {
 		}
 	})
 
+	// Ten clients loop over short sessions until told to stop (bounded by
+	// time and count as well), so the pool is always short of connections.
 	const clients = 10
-	loadFor := 3 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs errorLog
 	var sessions atomic.Int64
 	var wg sync.WaitGroup
-	stop := time.Now().Add(loadFor)
+	stop := make(chan struct{})
+	bound := time.Now().Add(15 * time.Second)
 	for range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; i < 500 && time.Now().Before(stop); i++ {
+			for i := 0; i < 1000 && time.Now().Before(bound); i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
 				conn, err := g.dial(ctx, pgtest.UserSCRAM, pgtest.PassSCRAM)
 				if err != nil {
 					errs.add(fmt.Errorf("connect: %w", err))
 					return
 				}
-				if _, err := query(ctx, conn, "select pg_sleep(0.01)"); err != nil {
+				if _, err := query(ctx, conn, "select pg_sleep(0.03)"); err != nil {
 					errs.add(fmt.Errorf("query: %w", err))
 				}
 				conn.Close(ctx)
@@ -332,38 +339,40 @@ func TestResizeUnderLoad(t *testing.T) {
 		}()
 	}
 
-	// The observer samples pg_stat_activity in each phase; a sample counts
-	// for a phase only if the phase did not change while it was taken.
+	// The observer samples pg_stat_activity in each phase (1: size 2, 2: size
+	// 6, 3: size 1); a sample counts for a phase only if the phase did not
+	// change while it was taken.
 	var phase atomic.Int32
 	phase.Store(1)
-	var maxSeen [4]int
-	var samples [4]int
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	var sampleErr error
-	sampled := make(chan struct{})
+	var maxSeen, samples [4]atomic.Int64
+	stopSampling := make(chan struct{})
+	sampled := make(chan error, 1)
 	go func() {
-		defer close(sampled)
 		for i := 0; i < 100000; i++ {
 			select {
-			case <-done:
+			case <-stopSampling:
+				sampled <- nil
 				return
 			default:
 			}
 			p := phase.Load()
 			n, err := backendCount(ctx, obs, pgtest.UserSCRAM)
 			if err != nil {
-				sampleErr = err
+				sampled <- err
 				return
 			}
 			if phase.Load() == p {
-				maxSeen[p], samples[p] = max(maxSeen[p], n), samples[p]+1
+				if int64(n) > maxSeen[p].Load() {
+					maxSeen[p].Store(int64(n))
+				}
+				samples[p].Add(1)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+		sampled <- nil
 	}()
 
-	time.Sleep(loadFor / 3)
+	time.Sleep(700 * time.Millisecond)
 	var resized struct {
 		Size         int `json:"size"`
 		PoolsChanged int `json:"pools_changed"`
@@ -376,26 +385,33 @@ func TestResizeUnderLoad(t *testing.T) {
 	if s := g.userPool(t, pgtest.UserSCRAM); s.Size != 6 {
 		t.Errorf("/v1/pools size = %d after PUT size 6", s.Size)
 	}
-	time.Sleep(loadFor / 3)
+	// Give the pool up to 4s to grow; on a quiet machine it takes a few ms.
+	for i := 0; i < 400 && maxSeen[2].Load() <= 2; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
 	g.get(t, "PUT", "/v1/pools/size", `{"size": 1, "database": "appdb", "user": "u_scram"}`, &resized)
 	phase.Store(3)
 	if resized.PoolsChanged != 1 {
 		t.Errorf("PUT size 1 for appdb/u_scram changed %d pools, want 1", resized.PoolsChanged)
 	}
-	<-done
-	<-sampled
-	if sampleErr != nil {
-		t.Fatalf("observing pg_stat_activity: %v", sampleErr)
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	close(stopSampling)
+	if err := <-sampled; err != nil {
+		t.Fatalf("observing pg_stat_activity: %v", err)
 	}
-	t.Logf("%d sessions; max u_scram backends by phase (size 2, 6, 1): %v in %v samples", sessions.Load(), maxSeen[1:], samples[1:])
+	t.Logf("%d sessions; max u_scram backends by phase (size 2, 6, 1): %d %d %d in %d %d %d samples", sessions.Load(),
+		maxSeen[1].Load(), maxSeen[2].Load(), maxSeen[3].Load(), samples[1].Load(), samples[2].Load(), samples[3].Load())
 	if errs.count() > 0 {
 		t.Errorf("clients failed: %s", errs.String())
 	}
-	if maxSeen[1] > 2 {
-		t.Errorf("size 2: the server saw %d backends", maxSeen[1])
+	if n := maxSeen[1].Load(); n > 2 {
+		t.Errorf("size 2: the server saw %d backends", n)
 	}
-	if maxSeen[2] <= 2 || maxSeen[2] > 6 {
-		t.Errorf("size 6: the server saw at most %d backends, want 3 to 6", maxSeen[2])
+	if n := maxSeen[2].Load(); n <= 2 || n > 6 {
+		t.Errorf("size 6: the server saw at most %d backends, want 3 to 6", n)
 	}
 
 	// Once the load is gone the janitor closes the surplus.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -84,15 +83,4 @@ func (c *Conn) readUntilReady(n int) (byte, error) {
 			}
 		}
 	}
-}
-
-// Alive checks, without blocking, that an idle connection has neither
-// been closed by the server nor received anything unexpected (an idle
-// connection's server says nothing unless it is going away).
-func (c *Conn) Alive() bool {
-	_ = c.netConn.SetReadDeadline(time.Now())
-	var one [1]byte
-	n, err := c.netConn.Read(one[:])
-	_ = c.netConn.SetReadDeadline(time.Time{})
-	return n == 0 && errors.Is(err, os.ErrDeadlineExceeded)
 }

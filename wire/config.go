@@ -13,10 +13,31 @@ type Config struct {
 	TLSKey        string        `env:"PROXY_TLS_KEY" help:"PEM private key for PROXY_TLS_CERT"`
 	LoginTimeout  time.Duration `env:"CLIENT_LOGIN_TIMEOUT" envDefault:"15s" help:"time a client has to finish start-up and authentication"`
 	MaxClientConn int           `env:"MAX_CLIENT_CONN" envDefault:"1000" help:"most clients connected at once; more are refused with SQLSTATE 53300"`
-	PoolMode      PoolMode      `env:"POOL_MODE" envDefault:"session" help:"session (a client keeps its backend until it disconnects) or transaction (a client holds a backend only during a transaction)"`
+	// ClientAuthFile makes the gateway authenticate clients itself.
+	ClientAuthFile string    `env:"CLIENT_AUTH_FILE" help:"PgBouncer-style userlist (\"user\" \"SCRAM-SHA-256$...\" | \"md5...\" | \"plain\") the gateway checks clients against with SCRAM-SHA-256 or MD5; re-read when it changes"`
+	ClientTLS      ClientTLS `env:"CLIENT_TLS" envDefault:"allow" help:"allow (TLS when the client asks) or require (clients without TLS are refused)"`
+	TLSClientCA    string    `env:"PROXY_TLS_CLIENT_CA" help:"PEM CA bundle: client certificates, when presented, must chain to it"`
+	PoolMode       PoolMode  `env:"POOL_MODE" envDefault:"session" help:"session (a client keeps its backend until it disconnects) or transaction (a client holds a backend only during a transaction)"`
 	// MaxPreparedStatements bounds the protocol-level prepared statements
 	// transaction mode keeps on one backend connection.
 	MaxPreparedStatements int `env:"MAX_PREPARED_STATEMENTS" envDefault:"200" help:"transaction mode: most prepared statements kept on one backend connection (least recently used are closed)"`
+}
+
+// ClientTLS is the policy for TLS on the client leg.
+type ClientTLS string
+
+const (
+	ClientTLSAllow   ClientTLS = "allow"
+	ClientTLSRequire ClientTLS = "require"
+)
+
+func (m *ClientTLS) UnmarshalText(text []byte) error {
+	switch ClientTLS(text) {
+	case ClientTLSAllow, ClientTLSRequire:
+		*m = ClientTLS(text)
+		return nil
+	}
+	return fmt.Errorf("unknown client TLS policy %q (want allow or require)", text)
 }
 
 // PoolMode is when a client holds a backend connection.

@@ -19,6 +19,7 @@ const (
 	codeConnectionFailure    = "08006"
 	codeFeatureNotSupported  = "0A000"
 	codeInvalidAuthorization = "28000"
+	codeInvalidPassword      = "28P01"
 	codeTooManyConnections   = "53300"
 	codeAdminShutdown        = "57P01"
 )

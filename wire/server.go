@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -44,6 +46,9 @@ type Server struct {
 	nextID   atomic.Uint64
 	clients  atomic.Int64
 	counters serverCounters
+
+	auth     *authFile // nil: the client's password is not checked here
+	failures loginFailures
 }
 
 // NewServer prepares a server; cfg must have passed Validate. In token mode
@@ -57,9 +62,37 @@ func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger) (*Se
 			return nil, fmt.Errorf("loading GATEKEEPER_PROXY_TLS_CERT and GATEKEEPER_PROXY_TLS_KEY: %w", err)
 		}
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if cfg.TLSClientCA != "" {
+			pem, err := os.ReadFile(cfg.TLSClientCA)
+			if err != nil {
+				return nil, fmt.Errorf("reading GATEKEEPER_PROXY_TLS_CLIENT_CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("GATEKEEPER_PROXY_TLS_CLIENT_CA holds no PEM certificate")
+			}
+			s.tls.ClientCAs = pool
+			s.tls.ClientAuth = tls.VerifyClientCertIfGiven
+		}
+	}
+	if cfg.ClientAuthFile != "" {
+		af, err := loadAuthFile(cfg.ClientAuthFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading GATEKEEPER_CLIENT_AUTH_FILE: %w", err)
+		}
+		s.auth = af
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
+}
+
+// ReloadAuthFile re-reads GATEKEEPER_CLIENT_AUTH_FILE (on SIGHUP); on
+// failure the previous contents stay in force.
+func (s *Server) ReloadAuthFile() error {
+	if s.auth == nil {
+		return nil
+	}
+	return s.auth.reload()
 }
 
 // Listen opens the pool port. A port of 0 picks a free one (tests).
@@ -196,4 +229,57 @@ func (s *Server) lookup(key cancelKey) *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.byKey[key]
+}
+
+// Failed logins are limited per source address: after maxLoginFailures in
+// loginFailureWindow, further attempts are refused until the window passes.
+const (
+	maxLoginFailures   = 10
+	loginFailureWindow = time.Minute
+)
+
+type loginFailures struct {
+	mu     sync.Mutex
+	byAddr map[string]*failureCount
+}
+
+type failureCount struct {
+	n     int
+	since time.Time
+}
+
+func (lf *loginFailures) blocked(addr string) bool {
+	lf.mu.Lock()
+	defer lf.mu.Unlock()
+	fc := lf.byAddr[addr]
+	if fc == nil {
+		return false
+	}
+	if time.Since(fc.since) > loginFailureWindow {
+		delete(lf.byAddr, addr)
+		return false
+	}
+	return fc.n >= maxLoginFailures
+}
+
+func (lf *loginFailures) record(addr string) {
+	lf.mu.Lock()
+	defer lf.mu.Unlock()
+	if lf.byAddr == nil {
+		lf.byAddr = map[string]*failureCount{}
+	}
+	// Forget stale addresses now and then, so the map stays small.
+	if len(lf.byAddr) > 10000 {
+		for a, fc := range lf.byAddr {
+			if time.Since(fc.since) > loginFailureWindow {
+				delete(lf.byAddr, a)
+			}
+		}
+	}
+	fc := lf.byAddr[addr]
+	if fc == nil || time.Since(fc.since) > loginFailureWindow {
+		fc = &failureCount{since: time.Now()}
+		lf.byAddr[addr] = fc
+	}
+	fc.n++
 }

@@ -88,7 +88,12 @@ func (ss *session) run() {
 	}
 	ss.log = ss.log.With().Str("user", params.User).Str("db", params.Database).Logger()
 	ss.setView(func(v *ClientInfo) { v.User, v.Database, v.TLS = params.User, params.Database, ss.tls })
-	password, err := ss.authenticate()
+	if ss.srv.cfg.ClientTLS == ClientTLSRequire && !ss.tls {
+		ss.failStartup(&clientError{fatal(codeInvalidAuthorization,
+			"querycop requires TLS from clients (GATEKEEPER_CLIENT_TLS=require); connect with sslmode=require or stronger"), "client-tls-required"})
+		return
+	}
+	password, err := ss.authenticate(params.User)
 	if err != nil {
 		ss.failStartup(err)
 		return
@@ -279,9 +284,29 @@ type clientError struct {
 
 func (e *clientError) Error() string { return e.resp.Message }
 
-// authenticate asks the client for its password. In token mode the answer
-// is read and dropped: it is never forwarded, logged or kept.
-func (ss *session) authenticate() (string, error) {
+// authenticate checks the client. With GATEKEEPER_CLIENT_AUTH_FILE the
+// gateway verifies it (SCRAM or MD5) and returns the file's plain-text
+// password if there is one. Otherwise it asks for a password: in
+// pass-through mode that is the backend credential; in token mode it is
+// read and dropped, never forwarded, logged or kept.
+func (ss *session) authenticate(user string) (string, error) {
+	if ss.srv.auth != nil {
+		addr := remoteIP(ss.conn)
+		if ss.srv.failures.blocked(addr) {
+			return "", &clientError{fatal(codeInvalidAuthorization,
+				"too many failed logins from this address; try again in a minute"), "login-rate-limited"}
+		}
+		entry, reloadErr := ss.srv.auth.lookup(user)
+		if reloadErr != nil {
+			ss.log.Warn().Err(reloadErr).Msg("GATEKEEPER_CLIENT_AUTH_FILE changed but does not parse; keeping its previous contents")
+		}
+		password, err := ss.authenticateFromFile(entry)
+		if errors.Is(err, errBadPassword) {
+			ss.srv.failures.record(addr)
+			return "", &clientError{fatal(codeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user)), "client-auth-failed"}
+		}
+		return password, err
+	}
 	buf, _ := (&pgproto3.AuthenticationCleartextPassword{}).Encode(nil)
 	if _, err := ss.conn.Write(buf); err != nil {
 		return "", err
@@ -423,4 +448,13 @@ func (ss *session) kill(resp *pgproto3.ErrorResponse, reason string) {
 	if lease := ss.lease.Load(); lease != nil {
 		_ = lease.Conn().NetConn().SetReadDeadline(time.Now())
 	}
+}
+
+// remoteIP is the client's address without its port, for per-address limits.
+func remoteIP(c net.Conn) string {
+	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	return host
 }

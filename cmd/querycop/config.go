@@ -94,6 +94,7 @@ func LoadConfig(environ []string) (Config, error) {
 		cfg.Admin.Validate(),
 		cfg.Log.Validate(),
 		cfg.Shutdown.Validate(),
+		authFileModeCheck(cfg),
 		portClash(cfg.Wire, cfg.Admin),
 	}
 	for _, p := range flatten(errors.Join(semantic...)) {
@@ -355,4 +356,19 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// authFileModeCheck refuses hashed client auth file entries in pass-through
+// mode: the gateway would check the client but could not log in for it.
+func authFileModeCheck(cfg Config) error {
+	if cfg.Wire.ClientAuthFile == "" || cfg.Backend.Token.Cmd != "" {
+		return nil
+	}
+	users, err := wire.AuthFileHashedUsers(cfg.Wire.ClientAuthFile)
+	if err != nil || len(users) == 0 {
+		return nil // an unreadable file is reported by wire's own check
+	}
+	return problem{vars: []string{envPrefix + "CLIENT_AUTH_FILE"}, msg: fmt.Sprintf(
+		"%sCLIENT_AUTH_FILE has hashed (SCRAM or MD5) entries for %s, but without %sBACKEND_TOKEN_CMD the gateway logs in to PostgreSQL with the client's password, which a hash does not give it; use plain-text entries for them or token mode",
+		envPrefix, strings.Join(users, ", "), envPrefix)}
 }

@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -73,6 +77,23 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		Int("max_client_conn", cfg.Wire.MaxClientConn).
 		Msg("querycop started")
 
+	if dialer.TokenMode() && cfg.Wire.ClientAuthFile == "" && !isLoopback(cfg.Wire.ListenAddr) {
+		log.Warn().Str("listen", srv.Addr().String()).
+			Msg("token mode without GATEKEEPER_CLIENT_AUTH_FILE on a non-loopback address: anyone who can reach this port gets the token's database rights; restrict the network or set GATEKEEPER_CLIENT_AUTH_FILE")
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if err := srv.ReloadAuthFile(); err != nil {
+				log.Warn().Err(err).Msg("SIGHUP: GATEKEEPER_CLIENT_AUTH_FILE not reloaded; keeping its previous contents")
+			} else if cfg.Wire.ClientAuthFile != "" {
+				log.Info().Msg("SIGHUP: GATEKEEPER_CLIENT_AUTH_FILE reloaded")
+			}
+		}
+	}()
+
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	apiDone := make(chan error, 1)
@@ -129,4 +150,13 @@ func readiness(pools *pool.Pools, dialer *backend.Dialer, tokens *token.Source) 
 		}
 		return nil
 	}
+}
+
+// isLoopback reports whether addr only accepts connections from this host.
+func isLoopback(addr string) bool {
+	if addr == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(addr)
+	return ip != nil && ip.IsLoopback()
 }
