@@ -113,6 +113,9 @@ var effectiveConfig = map[string]string{
 // that no secret reached the log and that no goroutine was left behind.
 func startGateway(t *testing.T, c *pgtest.Cluster, pcfg pool.Config, acfg admin.Config, key string) *gateway {
 	t.Helper()
+	// Goroutines already running (an enclosing test's gateway) are not
+	// this gateway's leaks.
+	running := querycopGoroutines()
 	dialer, err := backend.NewDialer(backend.Config{
 		Host: "127.0.0.1", Port: c.Port, TLSMode: backend.TLSDisable, ConnectTimeout: 5 * time.Second,
 	}, nil)
@@ -168,12 +171,18 @@ func startGateway(t *testing.T, c *pgtest.Cluster, pcfg pool.Config, acfg admin.
 				t.Errorf("the gateway log contains the secret %q", s)
 			}
 		}
-		// The leak check: every goroutine running querycop code, other than
-		// the test's own, has ended.
+		// The leak check: every goroutine running querycop code that started
+		// with this gateway, other than the test's own, has ended.
 		var left []string
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			if left = gatewayGoroutines(); len(left) == 0 || time.Now().After(deadline) {
+			left = left[:0]
+			for id, stack := range querycopGoroutines() {
+				if _, ok := running[id]; !ok {
+					left = append(left, stack)
+				}
+			}
+			if len(left) == 0 || time.Now().After(deadline) {
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
@@ -188,16 +197,18 @@ func startGateway(t *testing.T, c *pgtest.Cluster, pcfg pool.Config, acfg admin.
 	return g
 }
 
-// gatewayGoroutines returns the stacks of goroutines running querycop
-// code, leaving out the calling one and the test framework's.
-func gatewayGoroutines() []string {
+// querycopGoroutines returns, by goroutine header ("goroutine 7 [...]:"
+// without the state), the stacks of goroutines running querycop code,
+// leaving out the calling one and the test framework's.
+func querycopGoroutines() map[string]string {
 	buf := make([]byte, 4<<20)
 	all := strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n")
-	var out []string
+	out := map[string]string{}
 	for _, g := range all[1:] { // the first is the caller
 		if strings.Contains(g, "github.com/querycop/querycop/") &&
 			!strings.Contains(g, "testing.tRunner") && !strings.Contains(g, "testing.(*M)") {
-			out = append(out, g)
+			id, _, _ := strings.Cut(g, " [")
+			out[id] = g
 		}
 	}
 	return out

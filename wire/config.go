@@ -14,10 +14,13 @@ type Config struct {
 	LoginTimeout  time.Duration `env:"CLIENT_LOGIN_TIMEOUT" envDefault:"15s" help:"time a client has to finish start-up and authentication"`
 	MaxClientConn int           `env:"MAX_CLIENT_CONN" envDefault:"1000" help:"most clients connected at once; more are refused with SQLSTATE 53300"`
 	// ClientAuthFile makes the gateway authenticate clients itself.
-	ClientAuthFile string    `env:"CLIENT_AUTH_FILE" help:"PgBouncer-style userlist (\"user\" \"SCRAM-SHA-256$...\" | \"md5...\" | \"plain\") the gateway checks clients against with SCRAM-SHA-256 or MD5; re-read when it changes"`
-	ClientTLS      ClientTLS `env:"CLIENT_TLS" envDefault:"allow" help:"allow (TLS when the client asks) or require (clients without TLS are refused)"`
-	TLSClientCA    string    `env:"PROXY_TLS_CLIENT_CA" help:"PEM CA bundle: client certificates, when presented, must chain to it"`
-	PoolMode       PoolMode  `env:"POOL_MODE" envDefault:"session" help:"session (a client keeps its backend until it disconnects) or transaction (a client holds a backend only during a transaction)"`
+	ClientAuthFile           string        `env:"CLIENT_AUTH_FILE" help:"PgBouncer-style userlist (\"user\" \"SCRAM-SHA-256$...\" | \"md5...\" | \"plain\") the gateway checks clients against with SCRAM-SHA-256 or MD5; re-read when it changes"`
+	ClientTLS                ClientTLS     `env:"CLIENT_TLS" envDefault:"allow" help:"allow (TLS when the client asks) or require (clients without TLS are refused)"`
+	TLSClientCA              string        `env:"PROXY_TLS_CLIENT_CA" help:"PEM CA bundle: client certificates, when presented, must chain to it"`
+	MaxMessageSize           int           `env:"MAX_MESSAGE_SIZE" envDefault:"268435456" help:"largest protocol message a client may send, in bytes; a bigger one is refused with SQLSTATE 08P01"`
+	ClientIdleTimeout        time.Duration `env:"CLIENT_IDLE_TIMEOUT" envDefault:"0s" help:"close a client that sends nothing for this long outside a transaction (0: never)"`
+	IdleInTransactionTimeout time.Duration `env:"IDLE_IN_TRANSACTION_TIMEOUT" envDefault:"0s" help:"close a client that sends nothing for this long inside a transaction, rolling it back (0: never)"`
+	PoolMode                 PoolMode      `env:"POOL_MODE" envDefault:"session" help:"session (a client keeps its backend until it disconnects) or transaction (a client holds a backend only during a transaction)"`
 	// MaxPreparedStatements bounds the protocol-level prepared statements
 	// transaction mode keeps on one backend connection.
 	MaxPreparedStatements int `env:"MAX_PREPARED_STATEMENTS" envDefault:"200" help:"transaction mode: most prepared statements kept on one backend connection (least recently used are closed)"`

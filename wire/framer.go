@@ -25,9 +25,14 @@ type framer struct {
 	fromClient bool
 	// messages counts every message started, for metrics.
 	messages int64
+	// maxLen, if set, bounds a message's length (client direction).
+	maxLen int
 }
 
 var errBadFrame = errors.New("invalid message length in protocol stream")
+
+// errTooLarge is a client message over GATEKEEPER_MAX_MESSAGE_SIZE.
+var errTooLarge = errors.New("message from client exceeds GATEKEEPER_MAX_MESSAGE_SIZE")
 
 // maxFrameLen bounds one message (PostgreSQL's PQ_LARGE_MESSAGE_LIMIT is
 // 1 GiB - 1; anything claiming more is corrupt).
@@ -61,6 +66,9 @@ func (f *framer) feed(p []byte, stop byte) (int, error) {
 		length := binary.BigEndian.Uint32(f.hdr[1:])
 		if length < 4 || length > maxFrameLen {
 			return -1, errBadFrame
+		}
+		if f.maxLen > 0 && int(length)-4 > f.maxLen {
+			return -1, errTooLarge
 		}
 		f.need = int(length) - 4
 		f.last = f.hdr[0]

@@ -19,7 +19,7 @@ var errTerminate = errors.New("client sent Terminate")
 // so that a clean backend can be reset and reused. The returned state tells
 // the pool how the backend was left.
 func (ss *session) relay(back net.Conn, pending []byte) (string, pool.ReleaseState) {
-	fromClient := framer{fromClient: true}
+	fromClient := framer{fromClient: true, maxLen: ss.srv.cfg.MaxMessageSize}
 	fromBack := framer{txStatus: 'I'}
 	var ending atomic.Bool
 	backDone := make(chan error, 1)
@@ -57,9 +57,18 @@ func (ss *session) relay(back net.Conn, pending []byte) (string, pool.ReleaseSta
 		return "backend-gone", pool.ReleaseState{Broken: true}
 	case errors.Is(clientErr, errTerminate):
 		return "client-close", state
-	case errors.Is(clientErr, errBadFrame):
+	case errors.Is(clientErr, errBadFrame), errors.Is(clientErr, errTooLarge):
 		state.Clean = false
+		if fromBack.atBoundary() {
+			ss.send(fatal(codeProtocolViolation, clientErr.Error()))
+		}
 		return "protocol-violation", state
+	case errors.As(clientErr, new(*idleTimeoutError)):
+		idle := clientErr.(*idleTimeoutError)
+		if fromBack.atBoundary() {
+			ss.send(fatal(idle.code, idle.msg))
+		}
+		return idle.reason, state
 	default:
 		return "client-gone", state
 	}
@@ -99,7 +108,13 @@ func (ss *session) pumpClient(back net.Conn, f *framer, pending []byte) error {
 			n = copy(buf, pending)
 			pending = nil
 		} else {
+			deadline := ss.idleDeadline()
 			n, err = ss.conn.Read(buf)
+			if n == 0 && err != nil && !deadline.IsZero() && !time.Now().Before(deadline) && !ss.killed.Load() {
+				if idle := ss.idleTimeoutError(); idle != nil {
+					return idle
+				}
+			}
 		}
 		if n > 0 {
 			stop, ferr := f.feed(buf[:n], 'X')
@@ -141,6 +156,7 @@ func (ss *session) pumpBackend(back net.Conn, f *framer) error {
 			if _, ferr := f.feed(buf[:n], 0); ferr != nil {
 				return ferr
 			}
+			ss.txStatus.Store(uint32(f.txStatus))
 			ss.writeMu.Lock()
 			_, werr := ss.conn.Write(buf[:n])
 			ss.writeMu.Unlock()
@@ -155,4 +171,41 @@ func (ss *session) pumpBackend(back net.Conn, f *framer) error {
 			return err
 		}
 	}
+}
+
+// idleTimeoutError is a client closed by GATEKEEPER_CLIENT_IDLE_TIMEOUT or
+// GATEKEEPER_IDLE_IN_TRANSACTION_TIMEOUT.
+type idleTimeoutError struct {
+	code, msg, reason string
+}
+
+func (e *idleTimeoutError) Error() string { return e.msg }
+
+// idleDeadline sets the client's read deadline for the idle timeout that
+// applies now (inside a transaction or not) and returns it; zero when
+// neither timeout is set.
+func (ss *session) idleDeadline() time.Time {
+	timeout := ss.srv.cfg.ClientIdleTimeout
+	if tx := byte(ss.txStatus.Load()); tx == 'T' || tx == 'E' {
+		timeout = ss.srv.cfg.IdleInTransactionTimeout
+	}
+	if timeout <= 0 {
+		if ss.srv.cfg.ClientIdleTimeout > 0 || ss.srv.cfg.IdleInTransactionTimeout > 0 {
+			_ = ss.conn.SetReadDeadline(time.Time{})
+		}
+		return time.Time{}
+	}
+	deadline := time.Now().Add(timeout)
+	_ = ss.conn.SetReadDeadline(deadline)
+	return deadline
+}
+
+// idleTimeoutError says which idle timeout ended the session.
+func (ss *session) idleTimeoutError() *idleTimeoutError {
+	if tx := byte(ss.txStatus.Load()); tx == 'T' || tx == 'E' {
+		return &idleTimeoutError{code: "25P03", reason: "idle-in-transaction-timeout",
+			msg: "terminating connection due to idle-in-transaction timeout (GATEKEEPER_IDLE_IN_TRANSACTION_TIMEOUT)"}
+	}
+	return &idleTimeoutError{code: "57P05", reason: "client-idle-timeout",
+		msg: "terminating connection due to idle timeout (GATEKEEPER_CLIENT_IDLE_TIMEOUT)"}
 }

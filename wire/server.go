@@ -57,11 +57,11 @@ func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger) (*Se
 	s := &Server{cfg: cfg, log: log, pools: pools, tokenMode: tokenMode,
 		byKey: map[cancelKey]*session{}, live: map[*session]struct{}{}}
 	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, log)
 		if err != nil {
 			return nil, fmt.Errorf("loading GATEKEEPER_PROXY_TLS_CERT and GATEKEEPER_PROXY_TLS_KEY: %w", err)
 		}
-		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.tls = &tls.Config{GetCertificate: certs.getCertificate, MinVersion: tls.VersionTLS12}
 		if cfg.TLSClientCA != "" {
 			pem, err := os.ReadFile(cfg.TLSClientCA)
 			if err != nil {

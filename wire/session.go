@@ -48,6 +48,10 @@ type session struct {
 
 	overLimit bool // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
 
+	// txStatus is the last ReadyForQuery status of the attached backend,
+	// for the idle timeouts; written by the backend side.
+	txStatus atomic.Uint32
+
 	infoMu sync.Mutex
 	view   ClientInfo // for the admin API; guarded by infoMu
 }
@@ -144,10 +148,16 @@ func (ss *session) refuse(err error) {
 func (ss *session) serve(pl *pool.Pool, settings []startupSetting) string {
 	// A small buffer: it is held for as long as the client stays idle.
 	var first [512]byte
+	deadline := ss.idleDeadline()
 	n, err := ss.conn.Read(first[:])
 	if n == 0 {
 		if ss.killed.Load() {
 			return "shutdown"
+		}
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			idle := ss.idleTimeoutError()
+			ss.send(fatal(idle.code, idle.msg))
+			return idle.reason
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
 			ss.log.Debug().Err(err).Msg("client read failed")

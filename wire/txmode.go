@@ -182,8 +182,8 @@ func (tx *txSession) run() string {
 			r = 0
 		}
 		if need := neededLen(buf[:w]); need > len(buf) {
-			if need > maxClientMessage {
-				ss.send(fatal(codeProtocolViolation, "message from client too large"))
+			if limit := ss.srv.cfg.MaxMessageSize; need > maxClientMessage || (limit > 0 && need-5 > limit) {
+				ss.send(fatal(codeProtocolViolation, errTooLarge.Error()))
 				return "protocol-violation"
 			}
 			if need <= relayBufSize && pooled == nil {
@@ -196,11 +196,17 @@ func (tx *txSession) run() string {
 				buf = grown
 			}
 		}
+		deadline := ss.idleDeadline()
 		n, err := ss.conn.Read(buf[w:])
 		w += n
 		if err != nil && n == 0 {
 			if ss.killed.Load() {
 				return "shutdown"
+			}
+			if !deadline.IsZero() && !time.Now().Before(deadline) {
+				idle := ss.idleTimeoutError()
+				ss.send(fatal(idle.code, idle.msg))
+				return idle.reason
 			}
 			return "client-gone"
 		}
@@ -591,6 +597,7 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 	att.answered++
 	if len(body) == 1 {
 		att.txStatus = body[0]
+		tx.ss.txStatus.Store(uint32(body[0]))
 	}
 	kept := att.pending[:0]
 	for _, pr := range att.pending {

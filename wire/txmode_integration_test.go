@@ -253,17 +253,6 @@ func batchString(b []pgproto3.FrontendMessage) string {
 	return strings.Join(parts, " ")
 }
 
-// backendPID is the pid of the backend a raw client's next transaction runs
-// on, learnt in its own transaction.
-func (rc *rawConn) backendPID(t *testing.T) string {
-	t.Helper()
-	got := rc.run(t, txQuery("select pg_backend_pid()"))
-	if len(got) < 2 || !strings.HasPrefix(got[1], "DataRow ") {
-		t.Fatalf("select pg_backend_pid(): %q", got)
-	}
-	return strings.Trim(strings.TrimPrefix(got[1], "DataRow "), `"`)
-}
-
 // ---------------------------------------------------------------------------
 // 1. Many clients, few backends.
 
@@ -276,31 +265,45 @@ func TestTxManyClientsFewBackends(t *testing.T) {
 	g := txGateway(t, 10)
 
 	const clients, txs = 200, 10
-	stop := sampleBackends(obs, pgtest.UserSCRAM)
 	var errs errorLog
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	// Every client connects first, then all run at once.
-	var connected sync.WaitGroup
-	connected.Add(clients)
+	// Every client connects first (20 handshakes at a time, so a loaded
+	// machine does not hit the login timeout), then all run at once.
+	conns := make([]*pgconn.PgConn, clients)
+	sem := make(chan struct{}, 20)
 	start := time.Now()
-	for i := 0; i < clients; i++ {
+	for i := range conns {
 		wg.Add(1)
-		go func(id int) {
+		sem <- struct{}{}
+		go func(i int) {
 			defer wg.Done()
+			defer func() { <-sem }()
 			cc, err := g.dial(ctx, pgtest.UserSCRAM, pgtest.PassSCRAM)
 			if err != nil {
-				connected.Done()
-				errs.add(fmt.Errorf("client %d connect: %w", id, err))
+				errs.add(fmt.Errorf("client %d connect: %w", i, err))
 				return
 			}
-			defer cc.Close(context.Background())
-			connected.Done()
-			connected.Wait()
-			if id == 0 {
-				t.Logf("all connected after %s", time.Since(start))
-			}
+			conns[i] = cc
+		}(i)
+	}
+	wg.Wait()
+	for _, cc := range conns {
+		if cc != nil {
+			t.Cleanup(func() { cc.Close(context.Background()) })
+		}
+	}
+	t.Logf("%d clients connected in %s", clients, time.Since(start))
+	start = time.Now()
+	stop := sampleBackends(obs, pgtest.UserSCRAM)
+	for i, cc := range conns {
+		if cc == nil {
+			continue
+		}
+		wg.Add(1)
+		go func(id int, cc *pgconn.PgConn) {
+			defer wg.Done()
 			for j := 0; j < txs; j++ {
 				// The transaction's first round trip attaches a backend.
 				pid, err := query(ctx, cc, "begin; select pg_backend_pid()")
@@ -328,7 +331,7 @@ func TestTxManyClientsFewBackends(t *testing.T) {
 					return
 				}
 			}
-		}(i)
+		}(i, cc)
 	}
 	wg.Wait()
 	most, samples, sampleErr := stop()
@@ -552,6 +555,7 @@ func TestTxPreparedEviction(t *testing.T) {
 	if n > 3 || n < 1 {
 		t.Errorf("%d statements in pg_prepared_statements on the backend, want 1..3 (MaxPreparedStatements=3)", n)
 	}
+	t.Logf("%d named statements in pg_prepared_statements; stats %+v", n, g.srv.Stats())
 
 	// An eviction planned in a batch the server abandons after an error
 	// never happens: the statement is still on the server.

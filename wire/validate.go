@@ -44,6 +44,15 @@ func (c Config) Validate() error {
 			add(fmt.Sprintf("GATEKEEPER_CLIENT_AUTH_FILE cannot be used: %v; give a file of \"user\" \"password\" lines (PgBouncer's userlist.txt format)", err), "GATEKEEPER_CLIENT_AUTH_FILE")
 		}
 	}
+	if c.MaxMessageSize < 1024 {
+		add(fmt.Sprintf("GATEKEEPER_MAX_MESSAGE_SIZE=%d is too small; give a size in bytes of at least 1024 (default 268435456, 256 MiB)", c.MaxMessageSize), "GATEKEEPER_MAX_MESSAGE_SIZE")
+	}
+	if c.ClientIdleTimeout < 0 {
+		add(fmt.Sprintf("GATEKEEPER_CLIENT_IDLE_TIMEOUT=%s must not be negative; 0 turns it off", c.ClientIdleTimeout), "GATEKEEPER_CLIENT_IDLE_TIMEOUT")
+	}
+	if c.IdleInTransactionTimeout < 0 {
+		add(fmt.Sprintf("GATEKEEPER_IDLE_IN_TRANSACTION_TIMEOUT=%s must not be negative; 0 turns it off", c.IdleInTransactionTimeout), "GATEKEEPER_IDLE_IN_TRANSACTION_TIMEOUT")
+	}
 	if c.MaxPreparedStatements < 1 {
 		add(fmt.Sprintf("GATEKEEPER_MAX_PREPARED_STATEMENTS=%d must be at least 1", c.MaxPreparedStatements), "GATEKEEPER_MAX_PREPARED_STATEMENTS")
 	}

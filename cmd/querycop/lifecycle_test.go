@@ -163,7 +163,7 @@ func startQuerycop(t *testing.T, c *pgtest.Cluster, extra ...string) *process {
 				t.Errorf("querycop's output contains the secret %q", s)
 			}
 		}
-		if t.Failed() || os.Getenv("TMPSHOW") != "" {
+		if t.Failed() {
 			t.Logf("querycop output:\n%s", out)
 		}
 	})
