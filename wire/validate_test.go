@@ -82,7 +82,9 @@ func TestConfigValidate(t *testing.T) {
 			[]string{"do not load as a certificate and key pair: open " + filepath.Join(dir, "nope.crt")}},
 		{"tls/swapped", func(c *wire.Config) { c.TLSCert, c.TLSKey = keyA, certA },
 			[]string{"GATEKEEPER_PROXY_TLS_CERT and GATEKEEPER_PROXY_TLS_KEY do not load"}},
-		{"all-at-once", func(c *wire.Config) { *c = wire.Config{TLSKey: keyA, MaxPreparedStatements: 1, MaxMessageSize: 1 << 20} },
+		{"all-at-once", func(c *wire.Config) {
+			*c = wire.Config{TLSKey: keyA, MaxPreparedStatements: 1, MaxMessageSize: 1 << 20}
+		},
 			[]string{"LISTEN_PORT=0", "MAX_CLIENT_CONN=0", "CLIENT_LOGIN_TIMEOUT=0s", "PROXY_TLS_KEY is set but"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
