@@ -380,7 +380,6 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 	start := time.Now()
 	if err := pl.lim.acquire(ctx); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			pl.stats.acquireTimeouts.Add(1)
 			return nil, pl.timeoutError()
 		}
 		return nil, err
@@ -394,7 +393,6 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		if err != nil {
 			pl.lim.release()
 			if errors.Is(err, context.DeadlineExceeded) {
-				pl.stats.acquireTimeouts.Add(1)
 				return nil, pl.timeoutError()
 			}
 			return nil, err
@@ -415,6 +413,20 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 }
 
 func (pl *Pool) timeoutError() error {
+	if pl.ps.isPaused() {
+		return &PausedError{Timeout: pl.ps.cfg.AcquireTimeout}
+	}
+	pl.stats.acquireTimeouts.Add(1)
 	size, _, _ := pl.lim.snapshot()
 	return &AcquireTimeoutError{Key: pl.key, Size: size, Timeout: pl.ps.cfg.AcquireTimeout}
+}
+
+// PausedError is a client that waited AcquireTimeout while the pools were
+// paused through the admin API.
+type PausedError struct {
+	Timeout time.Duration
+}
+
+func (e *PausedError) Error() string {
+	return fmt.Sprintf("no backend connection within %s: the pools are paused (POST /v1/resume on the admin API resumes them)", e.Timeout)
 }

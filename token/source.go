@@ -196,6 +196,7 @@ func (s *Source) finish(k key, e *entry, c *call, tok Token, err error, start ti
 	c.tok, c.err = tok, err
 	now := time.Now()
 	s.mu.Lock()
+	target := e.target
 	if e.call == c {
 		e.call = nil
 	}
@@ -221,7 +222,7 @@ func (s *Source) finish(k key, e *entry, c *call, tok Token, err error, start ti
 	s.mu.Unlock()
 	close(c.done)
 	if err != nil && background && s.OnFailure != nil {
-		s.OnFailure(e.target, err)
+		s.OnFailure(target, err)
 	}
 }
 

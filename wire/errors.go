@@ -36,9 +36,12 @@ func backendErrorResponse(err error) (resp *pgproto3.ErrorResponse, reason strin
 	var tokErr *token.Error
 	var tlsErr *backend.TLSError
 	var timeoutErr *pool.AcquireTimeoutError
+	var pausedErr *pool.PausedError
 	switch {
 	case errors.As(err, &timeoutErr):
 		return fatal(codeTooManyConnections, timeoutErr.Error()), "acquire-timeout"
+	case errors.As(err, &pausedErr):
+		return fatal(codeCannotConnect, pausedErr.Error()), "paused"
 	case errors.As(err, &pgErr):
 		return fromPgError(pgErr), "backend-refused"
 	case errors.As(err, &tokErr):

@@ -364,16 +364,19 @@ func (ss *session) failStartup(err error) {
 		ss.log.Info().Str("reason", "protocol-violation").Str("error", pe.Error()).Msg("client refused")
 		ss.send(fatal(codeProtocolViolation, pe.Error()))
 	case errors.As(err, &upe):
+		ss.srv.counters.refuse("protocol-violation")
 		ss.log.Info().Str("reason", "protocol-violation").Str("error", upe.Error()).Msg("client refused")
 		ss.send(fatal(codeFeatureNotSupported, upe.Error()))
 	case errors.As(err, &te):
 		// Nothing can be sent: the channel is neither plaintext nor TLS.
+		ss.srv.counters.refuse("client-tls")
 		ss.log.Info().Str("reason", "client-tls").Str("error", te.Error()).Msg("client refused")
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
 		ss.srv.counters.refuse("login-timeout")
 		ss.log.Info().Str("reason", "login-timeout").Msg("client refused")
 		ss.send(fatal(codeProtocolViolation, "start-up not completed within GATEKEEPER_CLIENT_LOGIN_TIMEOUT ("+ss.srv.cfg.LoginTimeout.String()+")"))
 	case errors.Is(err, io.ErrUnexpectedEOF):
+		ss.srv.counters.refuse("protocol-violation")
 		ss.log.Info().Str("reason", "protocol-violation").Msg("client sent an incomplete start-up packet")
 	default:
 		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client start-up failed")

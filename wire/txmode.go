@@ -9,10 +9,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/pool"
@@ -35,6 +37,11 @@ import (
 // maxClientMessage bounds one client message in transaction mode, which
 // reads messages whole (PostgreSQL's own limit for most messages is 1 GiB).
 const maxClientMessage = 1 << 30
+
+// scratchStmt is the statement a Parse of an already prepared text goes
+// to: the server checks the text and answers, and nothing the client owns
+// (its unnamed statement) is touched.
+const scratchStmt = "qc_scratch"
 
 // stmtPrefix names the statements the gateway prepares on backends. Names
 // derive from the statement's text and parameter types, so clients that
@@ -71,10 +78,16 @@ type clientStmt struct {
 // side must recognise: it drops the replies to injected messages, and
 // forgets statements whose Parse the server skipped after an error.
 type pendingReply struct {
-	typ      byte   // 'P' or 'C'
-	name     string // for 'P': the server statement name ("" for unnamed)
+	typ byte // 'P' or 'C'
+	// name is the server statement the message creates ('P') or closes
+	// (an injected 'C'); "" when the gateway does not track it.
+	name     string
 	injected bool
 	seq      int // which ReadyForQuery ends the batch it is in
+	// client and stmt: the client's statement name a 'P' defines, so it
+	// can be forgotten if the server skips or refuses the Parse.
+	client string
+	stmt   *clientStmt
 }
 
 // attachment is one backend held by the client for one transaction.
@@ -91,8 +104,12 @@ type attachment struct {
 	pending     []pendingReply
 	errInBatch  bool
 	pendingSet  *setCommand
-	detached    bool
-	done        chan error
+	// dupNames maps a server statement name to the client's, for a Parse
+	// of a name the client already uses: the server's 42P05 names the
+	// server statement and is rewritten to name the client's.
+	dupNames map[string]string
+	detached bool
+	done     chan error
 }
 
 // txSession is a client session in transaction mode.
@@ -292,27 +309,50 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 	switch typ {
 	case 'P':
 		name, query, rest, ok := splitParse(body)
+		if ok && classify(query).listen {
+			query = []byte(listenRefusal)
+		}
 		if !ok || len(name) == 0 {
 			att.pending = append(att.pending, pendingReply{typ: 'P', seq: seq})
-			out = appendRaw(out, typ, body)
+			if ok {
+				out = appendParse(out, "", query, rest)
+			} else {
+				out = appendRaw(out, typ, body)
+			}
+			break
+		}
+		if existing := tx.stmts[string(name)]; existing != nil {
+			// A name the client already uses: as PostgreSQL does, the
+			// server refuses it (42P05) and the old statement stays.
+			out = tx.ensurePrepared(out, att, existing, seq)
+			att.pending = append(att.pending, pendingReply{typ: 'P', seq: seq})
+			if att.dupNames == nil {
+				att.dupNames = map[string]string{}
+			}
+			att.dupNames[existing.server] = string(name)
+			out = appendParse(out, existing.server, query, rest)
 			break
 		}
 		st := &clientStmt{server: serverStmtName(query, rest)}
 		st.parse = appendParse(nil, st.server, query, rest)
 		tx.stmts[string(name)] = st
+		client := pendingReply{typ: 'P', client: string(name), stmt: st, seq: seq}
 		if el, ok := att.state.prepared[st.server]; ok {
-			// Already there: parse it as the unnamed statement, so the
-			// client still gets its ParseComplete in order.
+			// Already there. The client still needs its ParseComplete, in
+			// order, and the server's verdict on the text: parse it under
+			// a scratch name (closed first, in case the last one stayed).
 			att.state.lru.MoveToFront(el)
 			tx.ss.srv.counters.prepHits.Add(1)
-			att.pending = append(att.pending, pendingReply{typ: 'P', seq: seq})
-			out = appendParse(out, "", query, rest)
+			att.pending = append(att.pending, pendingReply{typ: 'C', injected: true, seq: seq}, client)
+			out = appendClose(out, scratchStmt)
+			out = appendParse(out, scratchStmt, query, rest)
 			break
 		}
 		tx.ss.srv.counters.prepMisses.Add(1)
 		out = tx.makeRoom(out, att, seq)
 		att.state.prepared[st.server] = att.state.lru.PushFront(st.server)
-		att.pending = append(att.pending, pendingReply{typ: 'P', name: st.server, seq: seq})
+		client.name = st.server
+		att.pending = append(att.pending, client)
 		out = append(out, st.parse...)
 	case 'B':
 		portal, stmt, rest, ok := splitBind(body)
@@ -397,7 +437,7 @@ func (tx *txSession) makeRoom(out []byte, att *attachment, seq int) []byte {
 		name := el.Value.(string)
 		att.state.lru.Remove(el)
 		delete(att.state.prepared, name)
-		att.pending = append(att.pending, pendingReply{typ: 'C', injected: true, seq: seq})
+		att.pending = append(att.pending, pendingReply{typ: 'C', name: name, injected: true, seq: seq})
 		out = appendClose(out, name)
 		tx.ss.srv.counters.prepEvictions.Add(1)
 	}
@@ -484,9 +524,8 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 	buf := *bufp
 	var out []byte
 	// hold keeps a message whose header or body is split across reads when
-	// the backend side must see it whole (it may drop it or read it).
-	var hold [6]byte
-	holdLen := 0
+	// the backend side must see it whole (it may drop or rewrite it).
+	hold := make([]byte, 0, 64)
 	need := 0 // body bytes still to forward of a streamed message
 	for {
 		n, err := att.conn.Read(buf)
@@ -502,33 +541,41 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 				continue
 			}
 			// Assemble a header (and, for the few messages acted on, the
-			// whole message: they are at most 6 bytes).
-			k := copy(hold[holdLen:5], p)
-			p = p[k:]
-			holdLen += k
-			if holdLen < 5 {
-				break
+			// whole message).
+			if len(hold) < 5 {
+				k := min(5-len(hold), len(p))
+				hold = append(hold, p[:k]...)
+				p = p[k:]
+				if len(hold) < 5 {
+					break
+				}
 			}
 			typ := hold[0]
 			length := int(binary.BigEndian.Uint32(hold[1:5]))
 			if length < 4 || length > maxFrameLen {
 				return errBadFrame
 			}
-			if typ == '1' || typ == '3' || typ == 'Z' {
+			if typ == '1' || typ == '3' || typ == 'Z' || (typ == 'E' && length < 1<<16 && tx.rewritesErrors(att)) {
 				whole := 1 + length
-				if whole > len(hold) {
+				if (typ != 'E' && whole > 6) || whole < len(hold) {
 					return errBadFrame
 				}
-				k = copy(hold[holdLen:whole], p)
+				k := min(whole-len(hold), len(p))
+				hold = append(hold, p[:k]...)
 				p = p[k:]
-				holdLen += k
-				if holdLen < whole {
+				if len(hold) < whole {
 					break
 				}
-				holdLen = 0
-				keep, end := tx.onReply(att, typ, hold[5:whole])
+				msg := hold
+				hold = hold[:0]
+				if typ == 'E' {
+					out = append(out, tx.rewriteError(att, msg)...)
+					ss.srv.counters.msgsOut.Add(1)
+					continue
+				}
+				keep, end := tx.onReply(att, typ, msg[5:])
 				if keep {
-					out = append(out, hold[:whole]...)
+					out = append(out, msg...)
 				}
 				ss.srv.counters.msgsOut.Add(1)
 				detach = end
@@ -536,7 +583,7 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 			}
 			// Streamed message: forward the header, then the body as it comes.
 			out = append(out, hold[:5]...)
-			holdLen = 0
+			hold = hold[:0]
 			need = length - 4
 			if typ == 'E' {
 				tx.mu.Lock()
@@ -605,10 +652,23 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 			kept = append(kept, pr)
 			continue
 		}
-		if pr.typ == 'P' && pr.name != "" {
-			if el, ok := att.state.prepared[pr.name]; ok {
-				att.state.lru.Remove(el)
-				delete(att.state.prepared, pr.name)
+		switch {
+		case pr.typ == 'P':
+			if pr.name != "" {
+				if el, ok := att.state.prepared[pr.name]; ok {
+					att.state.lru.Remove(el)
+					delete(att.state.prepared, pr.name)
+				}
+			}
+			// As on a direct connection, a statement whose Parse failed or
+			// was skipped does not exist for the client.
+			if pr.client != "" && tx.stmts[pr.client] == pr.stmt {
+				delete(tx.stmts, pr.client)
+			}
+		case pr.typ == 'C' && pr.injected && pr.name != "":
+			// An eviction the server skipped: the statement is still there.
+			if _, ok := att.state.prepared[pr.name]; !ok {
+				att.state.prepared[pr.name] = att.state.lru.PushBack(pr.name)
 			}
 		}
 	}
@@ -620,6 +680,7 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 		}
 	}
 	att.errInBatch = false
+	clear(att.dupNames)
 	if tx.canDetachLocked(att) {
 		att.detached = true
 		tx.att = nil
@@ -627,6 +688,33 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 		return true, true
 	}
 	return true, false
+}
+
+func (tx *txSession) rewritesErrors(att *attachment) bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return len(att.dupNames) > 0
+}
+
+// rewriteError puts the client's statement name in a server error that
+// names the gateway's, and notes the error for the batch.
+func (tx *txSession) rewriteError(att *attachment, msg []byte) []byte {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	att.errInBatch = true
+	var er pgproto3.ErrorResponse
+	if er.Decode(msg[5:]) != nil {
+		return msg
+	}
+	for server, client := range att.dupNames {
+		if strings.Contains(er.Message, `"`+server+`"`) {
+			er.Message = strings.ReplaceAll(er.Message, `"`+server+`"`, `"`+client+`"`)
+			if out, err := er.Encode(nil); err == nil {
+				return out
+			}
+		}
+	}
+	return msg
 }
 
 // applySetLocked records a session-level SET or RESET the client ran

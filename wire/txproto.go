@@ -128,9 +128,9 @@ type sqlCommand struct {
 	set    *setCommand
 }
 
-// classify looks at the start of a simple query for LISTEN and for a
-// single session-level SET or RESET. Anything more complex (several
-// statements, SET LOCAL, SET inside a function) is left alone.
+// classify looks at a simple query for LISTEN (in any of its statements)
+// and for a single session-level SET or RESET. Anything more complex (SET
+// among other statements, SET LOCAL, SET inside a function) is left alone.
 func classify(query []byte) sqlCommand {
 	q := strings.TrimSpace(skipComments(string(query)))
 	q = strings.TrimRight(q, "; \t\r\n")
@@ -138,13 +138,13 @@ func classify(query []byte) sqlCommand {
 	if len(words) == 0 {
 		return sqlCommand{}
 	}
-	first := strings.ToLower(words[0])
-	if first == "listen" {
+	if listens(q) {
 		return sqlCommand{listen: true}
 	}
 	if strings.Contains(q, ";") {
 		return sqlCommand{}
 	}
+	first := strings.ToLower(words[0])
 	switch first {
 	case "set":
 		if len(words) < 2 {
@@ -185,6 +185,20 @@ func classify(query []byte) sqlCommand {
 		return sqlCommand{set: &setCommand{name: name, reset: true, statement: q}}
 	}
 	return sqlCommand{}
+}
+
+// listens reports whether any statement of q starts with LISTEN. The split
+// on ';' does not parse string literals, so a literal holding "; listen"
+// is refused too: erring towards refusal keeps notifications from landing
+// on another client's connection.
+func listens(q string) bool {
+	for _, stmt := range strings.Split(q, ";") {
+		words := strings.Fields(skipComments(stmt))
+		if len(words) > 0 && strings.EqualFold(words[0], "listen") {
+			return true
+		}
+	}
+	return false
 }
 
 // skipComments drops leading SQL comments.
