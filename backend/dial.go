@@ -264,7 +264,7 @@ func (d *Dialer) classify(err error) error {
 	case errors.As(err, &pgErr):
 		return pgErr
 	case errors.Is(err, context.DeadlineExceeded):
-		return &StartupError{Err: fmt.Errorf("no answer from the server within %s (GATEKEEPER_BACKEND_CONNECT_TIMEOUT)", d.cfg.ConnectTimeout)}
+		return &StartupError{Err: fmt.Errorf("no answer from the server within %s (GATEKEEPER_BACKEND_CONNECT_TIMEOUT)", d.cfg.ConnectTimeout), Timeout: true}
 	}
 	// pgconn's text names user, database and address before the cause;
 	// keep the cause, which is what the operator acts on.

@@ -37,6 +37,8 @@ func (e *TLSError) Error() string {
 // server stopped answering, closed the connection or spoke out of turn.
 type StartupError struct {
 	Err error
+	// Timeout: the server did not answer within the connect timeout.
+	Timeout bool
 }
 
 func (e *StartupError) Error() string { return "backend dial failed: " + e.Err.Error() }

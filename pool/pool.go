@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	mathrand "math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -155,6 +156,11 @@ type Pool struct {
 	live     map[*conn]struct{}
 	lastUsed time.Time
 
+	// dials bounds the connections being opened at once, so a burst of
+	// clients does not stampede the server with authentications (each a
+	// SCRAM computation on both sides); the rest wait their turn.
+	dials chan struct{}
+
 	clients atomic.Int64 // admitted sessions holding this pool
 	usable  atomic.Bool  // the credential worked; the janitor may dial with it
 	stats   counters
@@ -170,7 +176,7 @@ func (c *conn) retired(at time.Time) bool { return at.UnixNano() >= c.retireAt.L
 
 func (ps *Pools) newPool(key Key, size int, paused bool) *Pool {
 	pl := &Pool{key: key, ps: ps, live: map[*conn]struct{}{}, lastUsed: time.Now(),
-		lim: limiter{size: size, paused: paused},
+		lim: limiter{size: size, paused: paused}, dials: make(chan struct{}, maxConcurrentDials),
 		log: ps.log.With().Str("db", key.Database).Str("user", key.User).Logger()}
 	pl.res.Store(pl.newPuddle(size))
 	return pl
@@ -184,6 +190,9 @@ func (pl *Pool) newPuddle(size int) *puddle.Pool[*conn] {
 	})
 	return p
 }
+
+// maxConcurrentDials is how many connections one pool opens at a time.
+const maxConcurrentDials = 4
 
 // adoptKey carries an existing connection into a puddle's constructor:
 // puddle has no other way to take in a resource it did not build.
@@ -273,19 +282,34 @@ func (pl *Pool) construct(ctx context.Context) (*conn, error) {
 	if c, ok := ctx.Value(adoptKey{}).(*conn); ok {
 		return c, nil
 	}
+	// puddle gives constructors no cancellation but Close; the dial
+	// itself is bounded by the connect timeout, and so is this wait.
+	select {
+	case pl.dials <- struct{}{}:
+	case <-time.After(pl.ps.dialWait()):
+		return nil, errors.New("backend dial failed: too many connections being opened at once; try again")
+	}
 	c, err := pl.ps.dialer.Dial(ctx, pl.dialParams())
+	<-pl.dials
 	if err != nil {
 		pl.stats.dialFailures.Add(1)
 		return nil, err
 	}
+	jitter := pl.ps.cfg.jitter()
 	lifetime := pl.ps.cfg.MaxConnLifetime
-	if j := pl.ps.cfg.jitter(); j > 0 {
-		lifetime -= mathrand.N(j)
+	if jitter > 0 {
+		lifetime -= mathrand.N(jitter)
 	}
 	retireAt := c.Created().Add(lifetime)
-	// Retired, and replaced with a fresh token, before its token's horizon.
+	// Retired, and replaced with a fresh token, before its token's
+	// horizon; spread over the last fifth of the token's window (after
+	// the refresh ahead has a new token ready), so a pool does not retire
+	// all at once.
 	if until := c.CredentialUseUntil(); !until.IsZero() && until.Before(retireAt) {
 		retireAt = until
+		if spread := min(jitter, until.Sub(c.Created())/5); spread > 0 {
+			retireAt = until.Add(-mathrand.N(spread))
+		}
 	}
 	pc := &conn{Conn: c}
 	pc.retireAt.Store(retireAt.UnixNano())
@@ -390,6 +414,15 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		if errors.Is(err, puddle.ErrClosedPool) && from != pl.res.Load() {
 			continue // resized under our feet: the new puddle serves
 		}
+		if err != nil && transient(err) && pl.total() > 0 && ctx.Err() == nil {
+			// The server is slow to take new connections but this pool has
+			// some: wait for one of them rather than fail the client.
+			select {
+			case <-time.After(50 * time.Millisecond):
+				continue
+			case <-ctx.Done():
+			}
+		}
 		if err != nil {
 			pl.lim.release()
 			if errors.Is(err, context.DeadlineExceeded) {
@@ -429,4 +462,25 @@ type PausedError struct {
 
 func (e *PausedError) Error() string {
 	return fmt.Sprintf("no backend connection within %s: the pools are paused (POST /v1/resume on the admin API resumes them)", e.Timeout)
+}
+
+// transient reports whether a failure to open a connection is the server
+// being slow to answer (a timeout), which passes by itself under load; a
+// refused connection, a bad credential or a failing token command do not.
+func transient(err error) bool {
+	var dialErr *backend.DialError
+	var startupErr *backend.StartupError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &dialErr):
+		return errors.As(dialErr.Err, &netErr) && netErr.Timeout()
+	case errors.As(err, &startupErr):
+		return startupErr.Timeout
+	}
+	return false
+}
+
+// dialWait bounds how long a constructor waits for its turn to dial.
+func (ps *Pools) dialWait() time.Duration {
+	return max(ps.cfg.AcquireTimeout, time.Second)
 }
