@@ -22,6 +22,7 @@ const (
 	codeInvalidPassword      = "28P01"
 	codeTooManyConnections   = "53300"
 	codeAdminShutdown        = "57P01"
+	codeCannotConnectNow     = "57P03"
 )
 
 func fatal(code, msg string) *pgproto3.ErrorResponse {
@@ -41,7 +42,7 @@ func backendErrorResponse(err error) (resp *pgproto3.ErrorResponse, reason strin
 	case errors.As(err, &timeoutErr):
 		return fatal(codeTooManyConnections, timeoutErr.Error()), "acquire-timeout"
 	case errors.As(err, &pausedErr):
-		return fatal(codeCannotConnect, pausedErr.Error()), "paused"
+		return fatal(codeCannotConnectNow, pausedErr.Error()), "paused"
 	case errors.As(err, &pgErr):
 		return fromPgError(pgErr), "backend-refused"
 	case errors.As(err, &tokErr):

@@ -129,8 +129,8 @@ func (ss *session) pumpClient(back net.Conn, f *framer, pending []byte) error {
 				if _, werr := back.Write(buf[:end]); werr != nil {
 					return &backendWriteError{werr}
 				}
-				ss.srv.counters.bytesIn.Add(int64(end))
-				ss.srv.counters.msgsIn.Add(f.messages - counted)
+				ss.rc.bytesIn.Add(int64(end))
+				ss.rc.msgsIn.Add(f.messages - counted)
 				counted = f.messages
 			}
 			if stop >= 0 {
@@ -163,8 +163,8 @@ func (ss *session) pumpBackend(back net.Conn, f *framer) error {
 			if werr != nil {
 				return &clientWriteError{werr}
 			}
-			ss.srv.counters.bytesOut.Add(int64(n))
-			ss.srv.counters.msgsOut.Add(f.messages - counted)
+			ss.rc.bytesOut.Add(int64(n))
+			ss.rc.msgsOut.Add(f.messages - counted)
 			counted = f.messages
 		}
 		if err != nil {

@@ -220,6 +220,7 @@ func (s *Server) forget(ss *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.live, ss)
+	ss.rc.addTo(&s.counters.ended)
 	if ss.key.pid != 0 {
 		delete(s.byKey, ss.key)
 	}

@@ -52,6 +52,8 @@ type session struct {
 	// for the idle timeouts; written by the backend side.
 	txStatus atomic.Uint32
 
+	rc relayCounters
+
 	infoMu sync.Mutex
 	view   ClientInfo // for the admin API; guarded by infoMu
 }

@@ -38,7 +38,10 @@ type Stats struct {
 	PreparedStatementEvictions int64         `json:"prepared_statement_evictions"`
 }
 
-type serverCounters struct {
+// relayCounters are kept per session, so the relay's hot path never
+// touches a cache line another core's session writes; the server adds them
+// up at scrape time, and keeps the totals of sessions that ended.
+type relayCounters struct {
 	bytesIn, bytesOut atomic.Int64
 	msgsIn, msgsOut   atomic.Int64
 
@@ -46,6 +49,22 @@ type serverCounters struct {
 	transactions, queries               atomic.Int64
 	waitNanos, heldNanos                atomic.Int64
 	prepHits, prepMisses, prepEvictions atomic.Int64
+}
+
+func (c *relayCounters) addTo(dst *relayCounters) {
+	for _, f := range [...][2]*atomic.Int64{
+		{&c.bytesIn, &dst.bytesIn}, {&c.bytesOut, &dst.bytesOut},
+		{&c.msgsIn, &dst.msgsIn}, {&c.msgsOut, &dst.msgsOut},
+		{&c.transactions, &dst.transactions}, {&c.queries, &dst.queries},
+		{&c.waitNanos, &dst.waitNanos}, {&c.heldNanos, &dst.heldNanos},
+		{&c.prepHits, &dst.prepHits}, {&c.prepMisses, &dst.prepMisses}, {&c.prepEvictions, &dst.prepEvictions},
+	} {
+		f[1].Add(f[0].Load())
+	}
+}
+
+type serverCounters struct {
+	ended relayCounters // totals of sessions that have ended
 
 	mu      sync.Mutex
 	refused map[string]int64
@@ -62,15 +81,22 @@ func (c *serverCounters) refuse(reason string) {
 
 // Stats returns the running totals.
 func (s *Server) Stats() Stats {
+	var sum relayCounters
+	s.mu.Lock()
+	s.counters.ended.addTo(&sum)
+	for ss := range s.live {
+		ss.rc.addTo(&sum)
+	}
+	s.mu.Unlock()
 	st := Stats{
 		Connected:        s.clients.Load(),
-		BytesFromClients: s.counters.bytesIn.Load(), BytesToClients: s.counters.bytesOut.Load(),
-		MessagesFromClients: s.counters.msgsIn.Load(), MessagesToClients: s.counters.msgsOut.Load(),
+		BytesFromClients: sum.bytesIn.Load(), BytesToClients: sum.bytesOut.Load(),
+		MessagesFromClients: sum.msgsIn.Load(), MessagesToClients: sum.msgsOut.Load(),
 		Refused:      map[string]int64{},
-		Transactions: s.counters.transactions.Load(), Queries: s.counters.queries.Load(),
-		BackendWait: time.Duration(s.counters.waitNanos.Load()), BackendHeld: time.Duration(s.counters.heldNanos.Load()),
-		PreparedStatementHits: s.counters.prepHits.Load(), PreparedStatementMisses: s.counters.prepMisses.Load(),
-		PreparedStatementEvictions: s.counters.prepEvictions.Load(),
+		Transactions: sum.transactions.Load(), Queries: sum.queries.Load(),
+		BackendWait: time.Duration(sum.waitNanos.Load()), BackendHeld: time.Duration(sum.heldNanos.Load()),
+		PreparedStatementHits: sum.prepHits.Load(), PreparedStatementMisses: sum.prepMisses.Load(),
+		PreparedStatementEvictions: sum.prepEvictions.Load(),
 	}
 	s.counters.mu.Lock()
 	for k, v := range s.counters.refused {

@@ -282,7 +282,7 @@ func (tx *txSession) flush(out *[]byte) error {
 		return errors.New("no backend attached")
 	}
 	_, err := att.conn.Write(*out)
-	tx.ss.srv.counters.bytesIn.Add(int64(len(*out)))
+	tx.ss.rc.bytesIn.Add(int64(len(*out)))
 	*out = (*out)[:0]
 	if err != nil {
 		return &backendWriteError{err}
@@ -302,7 +302,7 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 			return out, err
 		}
 	}
-	tx.ss.srv.counters.msgsIn.Add(1)
+	tx.ss.rc.msgsIn.Add(1)
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
 	seq := att.sent
@@ -342,13 +342,13 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 			// order, and the server's verdict on the text: parse it under
 			// a scratch name (closed first, in case the last one stayed).
 			att.state.lru.MoveToFront(el)
-			tx.ss.srv.counters.prepHits.Add(1)
+			tx.ss.rc.prepHits.Add(1)
 			att.pending = append(att.pending, pendingReply{typ: 'C', injected: true, seq: seq}, client)
 			out = appendClose(out, scratchStmt)
 			out = appendParse(out, scratchStmt, query, rest)
 			break
 		}
-		tx.ss.srv.counters.prepMisses.Add(1)
+		tx.ss.rc.prepMisses.Add(1)
 		out = tx.makeRoom(out, att, seq)
 		att.state.prepared[st.server] = att.state.lru.PushFront(st.server)
 		client.name = st.server
@@ -396,9 +396,9 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 		default:
 			out = appendRaw(out, typ, body)
 		}
-		tx.ss.srv.counters.queries.Add(1)
+		tx.ss.rc.queries.Add(1)
 	case 'E':
-		tx.ss.srv.counters.queries.Add(1)
+		tx.ss.rc.queries.Add(1)
 		out = appendRaw(out, typ, body)
 	default:
 		out = appendRaw(out, typ, body)
@@ -415,10 +415,10 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 func (tx *txSession) ensurePrepared(out []byte, att *attachment, st *clientStmt, seq int) []byte {
 	if el, ok := att.state.prepared[st.server]; ok {
 		att.state.lru.MoveToFront(el)
-		tx.ss.srv.counters.prepHits.Add(1)
+		tx.ss.rc.prepHits.Add(1)
 		return out
 	}
-	tx.ss.srv.counters.prepMisses.Add(1)
+	tx.ss.rc.prepMisses.Add(1)
 	out = tx.makeRoom(out, att, seq)
 	att.state.prepared[st.server] = att.state.lru.PushFront(st.server)
 	att.pending = append(att.pending, pendingReply{typ: 'P', name: st.server, injected: true, seq: seq})
@@ -439,7 +439,7 @@ func (tx *txSession) makeRoom(out []byte, att *attachment, seq int) []byte {
 		delete(att.state.prepared, name)
 		att.pending = append(att.pending, pendingReply{typ: 'C', name: name, injected: true, seq: seq})
 		out = appendClose(out, name)
-		tx.ss.srv.counters.prepEvictions.Add(1)
+		tx.ss.rc.prepEvictions.Add(1)
 	}
 	return out
 }
@@ -453,7 +453,7 @@ func (tx *txSession) attach() (*attachment, error) {
 	if err != nil {
 		return nil, err
 	}
-	ss.srv.counters.waitNanos.Add(int64(time.Since(start)))
+	ss.rc.waitNanos.Add(int64(time.Since(start)))
 	conn := lease.Conn()
 	state := stateOf(conn)
 	if state.settingsFP != tx.fp {
@@ -480,7 +480,7 @@ func (tx *txSession) attach() (*attachment, error) {
 	tx.att = att
 	tx.mu.Unlock()
 	ss.lease.Store(lease)
-	ss.srv.counters.transactions.Add(1)
+	ss.rc.transactions.Add(1)
 	go func() { att.done <- tx.pumpBackend(att) }()
 	return att, nil
 }
@@ -570,14 +570,14 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 				hold = hold[:0]
 				if typ == 'E' {
 					out = append(out, tx.rewriteError(att, msg)...)
-					ss.srv.counters.msgsOut.Add(1)
+					ss.rc.msgsOut.Add(1)
 					continue
 				}
 				keep, end := tx.onReply(att, typ, msg[5:])
 				if keep {
 					out = append(out, msg...)
 				}
-				ss.srv.counters.msgsOut.Add(1)
+				ss.rc.msgsOut.Add(1)
 				detach = end
 				continue
 			}
@@ -590,13 +590,13 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 				att.errInBatch = true
 				tx.mu.Unlock()
 			}
-			ss.srv.counters.msgsOut.Add(1)
+			ss.rc.msgsOut.Add(1)
 		}
 		if len(out) > 0 {
 			ss.writeMu.Lock()
 			_, werr := ss.conn.Write(out)
 			ss.writeMu.Unlock()
-			ss.srv.counters.bytesOut.Add(int64(len(out)))
+			ss.rc.bytesOut.Add(int64(len(out)))
 			if werr != nil {
 				return &clientWriteError{werr}
 			}
@@ -607,7 +607,7 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 				// connection is not in a known state.
 				att.lease.Release(pool.ReleaseState{Broken: true})
 			} else {
-				ss.srv.counters.heldNanos.Add(int64(time.Since(att.since)))
+				ss.rc.heldNanos.Add(int64(time.Since(att.since)))
 				att.lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
 			}
 			return nil
@@ -755,7 +755,7 @@ func (tx *txSession) finish(att *attachment, reason string) {
 		KeepState: true,
 	}
 	tx.mu.Unlock()
-	tx.ss.srv.counters.heldNanos.Add(int64(time.Since(att.since)))
+	tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
 	att.lease.Release(st)
 }
 
