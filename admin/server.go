@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,11 +108,16 @@ func NewServer(cfg Config, key string, deps Deps, log zerolog.Logger) *Server {
 	mux.HandleFunc("POST /v1/pause", s.protect(s.pause))
 	mux.HandleFunc("POST /v1/resume", s.protect(s.resume))
 	mux.HandleFunc("POST /v1/drain", s.protect(s.drain))
+	// Go profiles, for the performance work and for support cases; behind
+	// the key like everything that says how the gateway runs.
+	mux.HandleFunc("GET /debug/pprof/", s.protect(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/profile", s.protect(pprof.Profile))
+	mux.HandleFunc("GET /debug/pprof/trace", s.protect(pprof.Trace))
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      90 * time.Second, // a CPU profile takes 30s by default
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 	}

@@ -44,6 +44,9 @@ var endpoints = []endpoint{
 	{method: "POST", path: "/v1/pause"},
 	{method: "POST", path: "/v1/resume"},
 	{method: "POST", path: "/v1/drain"},
+	{method: "GET", path: "/debug/pprof/"},
+	{method: "GET", path: "/debug/pprof/profile?seconds=1"},
+	{method: "GET", path: "/debug/pprof/trace?seconds=1"},
 }
 
 func TestAuth(t *testing.T) {
