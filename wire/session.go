@@ -108,13 +108,15 @@ func (ss *session) run() {
 		params.Password = password
 	}
 
+	// The login timeout bounds the client's own part of start-up; waiting
+	// for the pool (bounded by the acquire timeout) is not the client's.
+	_ = ss.conn.SetDeadline(time.Time{})
 	pl, err := ss.srv.pools.Admit(ss.srv.ctx, params)
 	if err != nil {
 		ss.refuse(err)
 		return
 	}
 	defer pl.Leave()
-	_ = ss.conn.SetDeadline(time.Time{})
 	ss.key = ss.srv.register(ss)
 	if err := ss.handoff(pl.StartupParams(), settings); err != nil {
 		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client closed during handoff")
