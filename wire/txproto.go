@@ -23,20 +23,12 @@ func cBytes(b []byte) ([]byte, bool) {
 
 // splitParse splits a Parse body: statement name, query, and the rest
 // (parameter type count and OIDs).
-func splitParse(body []byte) (name, query, rest []byte, ok bool) {
-	i := bytes.IndexByte(body, 0)
-	if i < 0 {
-		return nil, nil, nil, false
-	}
-	j := bytes.IndexByte(body[i+1:], 0)
-	if j < 0 {
-		return nil, nil, nil, false
-	}
-	return body[:i], body[i+1 : i+1+j], body[i+2+j:], true
-}
+func splitParse(body []byte) (name, query, rest []byte, ok bool) { return splitTwoStrings(body) }
 
 // splitBind splits a Bind body: portal, statement, and the rest.
-func splitBind(body []byte) (portal, stmt, rest []byte, ok bool) {
+func splitBind(body []byte) (portal, stmt, rest []byte, ok bool) { return splitTwoStrings(body) }
+
+func splitTwoStrings(body []byte) (a, b, rest []byte, ok bool) {
 	i := bytes.IndexByte(body, 0)
 	if i < 0 {
 		return nil, nil, nil, false
@@ -64,35 +56,33 @@ func appendRaw(out []byte, typ byte, body []byte) []byte {
 }
 
 func appendParse[S string | []byte](out []byte, name string, query S, rest []byte) []byte {
-	out, at := startMessage(out, 'P')
-	out = append(out, name...)
-	out = append(out, 0)
-	out = append(out, query...)
-	out = append(out, 0)
-	out = append(out, rest...)
-	return endMessage(out, at)
+	return appendTwoStrings(out, 'P', []byte(name), []byte(query), rest)
 }
 
 func appendBind(out []byte, portal []byte, stmt string, rest []byte) []byte {
-	out, at := startMessage(out, 'B')
-	out = append(out, portal...)
+	return appendTwoStrings(out, 'B', portal, []byte(stmt), rest)
+}
+
+// appendTwoStrings writes a message that starts with two NUL-terminated
+// strings (Parse: name and query; Bind: portal and statement).
+func appendTwoStrings(out []byte, typ byte, a, b, rest []byte) []byte {
+	out, at := startMessage(out, typ)
+	out = append(out, a...)
 	out = append(out, 0)
-	out = append(out, stmt...)
+	out = append(out, b...)
 	out = append(out, 0)
 	out = append(out, rest...)
 	return endMessage(out, at)
 }
 
-func appendDescribe(out []byte, stmt string) []byte {
-	out, at := startMessage(out, 'D')
-	out = append(out, 'S')
-	out = append(out, stmt...)
-	out = append(out, 0)
-	return endMessage(out, at)
-}
+// appendDescribe and appendClose write Describe or Close of a statement
+// ('S'), which share a layout.
+func appendDescribe(out []byte, stmt string) []byte { return appendStatementOp(out, 'D', stmt) }
 
-func appendClose(out []byte, stmt string) []byte {
-	out, at := startMessage(out, 'C')
+func appendClose(out []byte, stmt string) []byte { return appendStatementOp(out, 'C', stmt) }
+
+func appendStatementOp(out []byte, typ byte, stmt string) []byte {
+	out, at := startMessage(out, typ)
 	out = append(out, 'S')
 	out = append(out, stmt...)
 	out = append(out, 0)
