@@ -68,9 +68,18 @@ func (ss *session) setView(update func(*ClientInfo)) {
 // does this on purpose when it learns it must prompt for a password.
 var errClientGone = errors.New("client closed the connection")
 
+// run is the start-up of a session. Once the client is handed its
+// ReadyForQuery, the rest of the session continues on a new goroutine and
+// this one ends: start-up grows a goroutine's stack (TLS, SCRAM, logging),
+// and an idle client should cost only the small stack of a blocked read.
 func (ss *session) run() {
-	defer ss.srv.forget(ss)
-	defer ss.conn.Close()
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			ss.conn.Close()
+			ss.srv.forget(ss)
+		}
+	}()
 	ss.log.Debug().Msg("client accepted")
 
 	_ = ss.conn.SetDeadline(time.Now().Add(ss.srv.cfg.LoginTimeout))
@@ -116,22 +125,30 @@ func (ss *session) run() {
 		ss.refuse(err)
 		return
 	}
-	defer pl.Leave()
 	ss.key = ss.srv.register(ss)
 	if err := ss.handoff(pl.StartupParams(), settings); err != nil {
+		pl.Leave()
 		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client closed during handoff")
 		return
 	}
 	ss.log.Debug().Bool("tls", ss.tls).Msg("client authenticated")
 	ss.setView(func(v *ClientInfo) { v.State = "idle" })
 
-	var reason string
-	if ss.srv.cfg.PoolMode == TransactionMode {
-		reason = ss.serveTransactions(pl, settings)
-	} else {
-		reason = ss.serve(pl, settings)
-	}
-	ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
+	handedOver = true
+	ss.srv.sessions.Add(1)
+	go func() {
+		defer ss.srv.sessions.Done()
+		defer ss.srv.forget(ss)
+		defer ss.conn.Close()
+		defer pl.Leave()
+		var reason string
+		if ss.srv.cfg.PoolMode == TransactionMode {
+			reason = ss.serveTransactions(pl, settings)
+		} else {
+			reason = ss.serve(pl, settings)
+		}
+		ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
+	}()
 }
 
 // refuse tells the client why it gets no backend, and logs it once.
@@ -151,7 +168,7 @@ func (ss *session) refuse(err error) {
 // backend then stays attached until the session ends.
 func (ss *session) serve(pl *pool.Pool, settings []startupSetting) string {
 	// A small buffer: it is held for as long as the client stays idle.
-	var first [512]byte
+	var first [64]byte
 	deadline := ss.idleDeadline()
 	n, err := ss.conn.Read(first[:])
 	if n == 0 {

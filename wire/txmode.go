@@ -144,7 +144,7 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting) st
 // run reads client messages until the client leaves.
 func (tx *txSession) run() string {
 	ss := tx.ss
-	var small [512]byte
+	var small [128]byte
 	buf := small[:]
 	pooled := (*[]byte)(nil)
 	defer func() {
