@@ -136,19 +136,40 @@ func (ss *session) run() {
 
 	handedOver = true
 	ss.srv.sessions.Add(1)
-	go func() {
-		defer ss.srv.sessions.Done()
-		defer ss.srv.forget(ss)
-		defer ss.conn.Close()
-		defer pl.Leave()
-		var reason string
-		if ss.srv.cfg.PoolMode == TransactionMode {
-			reason = ss.serveTransactions(pl, settings)
-		} else {
-			reason = ss.serve(pl, settings)
-		}
-		ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
-	}()
+	go ss.afterStartup(pl, settings)
+}
+
+// afterStartup is the rest of a session, on a goroutine of its own: an
+// idle client spends its life in the read of awaitFirst, so this frame
+// and that one are all its stack holds (start-up grew the first
+// goroutine's stack with TLS, SCRAM and logging).
+func (ss *session) afterStartup(pl *pool.Pool, settings []startupSetting) {
+	var first []byte
+	var err error
+	if ss.srv.cfg.PoolMode != TransactionMode {
+		first, err = ss.awaitFirst()
+	}
+	ss.finish(pl, settings, first, err)
+}
+
+// finish serves the session once the client has spoken, and cleans up.
+func (ss *session) finish(pl *pool.Pool, settings []startupSetting, first []byte, readErr error) {
+	defer ss.srv.sessions.Done()
+	defer ss.srv.forget(ss)
+	defer ss.conn.Close()
+	defer pl.Leave()
+	var reason string
+	switch {
+	case ss.srv.cfg.PoolMode == TransactionMode:
+		reason = ss.serveTransactions(pl, settings)
+	case len(first) == 0:
+		reason = ss.firstReadFailed(readErr)
+	case first[0] == 'X':
+		reason = "client-close"
+	default:
+		reason = ss.attach(pl, settings, first)
+	}
+	ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
 }
 
 // refuse tells the client why it gets no backend, and logs it once.
@@ -166,28 +187,34 @@ func (ss *session) refuse(err error) {
 // serve waits for the client's first message and only then takes a backend
 // from the pool, so a connected client that says nothing holds none; the
 // backend then stays attached until the session ends.
-func (ss *session) serve(pl *pool.Pool, settings []startupSetting) string {
-	// A small buffer: it is held for as long as the client stays idle.
-	var first [64]byte
-	deadline := ss.idleDeadline()
-	n, err := ss.conn.Read(first[:])
-	if n == 0 {
-		if ss.killed.Load() {
-			return "shutdown"
-		}
-		if !deadline.IsZero() && !time.Now().Before(deadline) {
-			idle := ss.idleTimeoutError()
-			ss.send(fatal(idle.code, idle.msg))
-			return idle.reason
-		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			ss.log.Debug().Err(err).Msg("client read failed")
-		}
-		return "client-gone"
+// awaitFirst waits for the client's first bytes, with the least stack.
+//
+//go:noinline
+func (ss *session) awaitFirst() ([]byte, error) {
+	buf := make([]byte, 64)
+	ss.idleDeadline()
+	n, err := ss.conn.Read(buf)
+	return buf[:n], err
+}
+
+// firstReadFailed names why a session ended before its first message.
+func (ss *session) firstReadFailed(err error) string {
+	var ne net.Error
+	switch {
+	case ss.killed.Load():
+		return "shutdown"
+	case errors.As(err, &ne) && ne.Timeout():
+		idle := ss.idleTimeoutError()
+		ss.send(fatal(idle.code, idle.msg))
+		return idle.reason
+	case err != nil && !errors.Is(err, io.EOF):
+		ss.log.Debug().Err(err).Msg("client read failed")
 	}
-	if first[0] == 'X' {
-		return "client-close"
-	}
+	return "client-gone"
+}
+
+// attach takes a backend for the session and relays until it ends.
+func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte) string {
 	lease, err := pl.Acquire(ss.srv.ctx)
 	if err != nil {
 		ss.refuse(err)
@@ -216,7 +243,7 @@ func (ss *session) serve(pl *pool.Pool, settings []startupSetting) string {
 	}
 	ss.lease.Store(lease)
 	ss.log.Info().Bool("tls", ss.tls).Bool("backend_tls", back.TLS()).Msg("client attached")
-	reason, state := ss.relay(back.NetConn(), first[:n])
+	reason, state := ss.relay(back.NetConn(), first)
 	ss.lease.Store(nil)
 	lease.Release(state)
 	return reason

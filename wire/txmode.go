@@ -130,7 +130,19 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting) st
 		tx.settings[lowerASCII(st.name)] = setQuery([]startupSetting{st})
 	}
 	tx.fp = fingerprint(tx.settings)
-	reason := tx.run()
+	// Between transactions the client waits in awaitFirst, whose shallow
+	// stack is all an idle client holds.
+	var reason string
+	for {
+		first, err := ss.awaitFirst()
+		if len(first) == 0 {
+			reason = ss.firstReadFailed(err)
+			break
+		}
+		if reason = tx.serve(first); reason != "" {
+			break
+		}
+	}
 	tx.mu.Lock()
 	att := tx.att
 	tx.att = nil
@@ -141,8 +153,10 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting) st
 	return reason
 }
 
-// run reads client messages until the client leaves.
-func (tx *txSession) run() string {
+// serve processes client messages, starting with first, until the client
+// leaves (the reason is returned) or is between transactions with nothing
+// more to read ("").
+func (tx *txSession) serve(first []byte) string {
 	ss := tx.ss
 	var small [128]byte
 	buf := small[:]
@@ -153,7 +167,7 @@ func (tx *txSession) run() string {
 		}
 	}()
 	var out []byte
-	r, w := 0, 0
+	r, w := 0, copy(buf, first)
 	for {
 		// Process every complete message buffered.
 		for {
@@ -189,10 +203,8 @@ func (tx *txSession) run() string {
 		// Make room for the rest of the next message.
 		if r == w {
 			r, w = 0, 0
-			if pooled != nil && tx.detachedNow() {
-				// Idle between transactions: hold only the small buffer.
-				relayBufs.Put(pooled)
-				pooled, buf = nil, small[:]
+			if tx.detachedNow() {
+				return "" // between transactions: wait with a small stack
 			}
 		} else if r > 0 {
 			w = copy(buf, buf[r:w])
