@@ -87,18 +87,6 @@ func testPoolConfig(adjust func(*pool.Config)) pool.Config {
 
 // readiness mirrors cmd/querycop's check in pass-through mode: a live
 // pooled connection, or else a backend that accepts a connection now.
-func readiness(pools *pool.Pools, dialer *backend.Dialer) func(context.Context) error {
-	return func(ctx context.Context) error {
-		for _, s := range pools.Stats() {
-			if s.Idle+s.InUse > 0 {
-				return nil
-			}
-		}
-		_, err := dialer.Probe(ctx)
-		return err
-	}
-}
-
 // effectiveConfig stands in for cmd/querycop's redacted configuration.
 var effectiveConfig = map[string]string{
 	"ADMIN_API_KEY":               "(set, not shown)",
@@ -134,7 +122,7 @@ func startGateway(t *testing.T, c *pgtest.Cluster, pcfg pool.Config, acfg admin.
 	}
 	acfg.Addr, acfg.Port = "127.0.0.1", 0
 	api := admin.NewServer(acfg, key, admin.Deps{
-		Pools: pools, Clients: srv, Ready: readiness(pools, dialer), Config: effectiveConfig,
+		Pools: pools, Clients: srv, Ready: admin.Readiness(pools, func(ctx context.Context) error { _, err := dialer.Probe(ctx); return err }, nil), Config: effectiveConfig,
 	}, log)
 	if err := api.Listen(); err != nil {
 		t.Fatal(err)

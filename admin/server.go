@@ -113,6 +113,8 @@ func NewServer(cfg Config, key string, deps Deps, log zerolog.Logger) *Server {
 	mux.HandleFunc("GET /debug/pprof/", s.protect(pprof.Index))
 	mux.HandleFunc("GET /debug/pprof/profile", s.protect(pprof.Profile))
 	mux.HandleFunc("GET /debug/pprof/trace", s.protect(pprof.Trace))
+	mux.HandleFunc("GET /debug/pprof/cmdline", s.protect(pprof.Cmdline))
+	mux.HandleFunc("GET /debug/pprof/symbol", s.protect(pprof.Symbol))
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -169,7 +171,15 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.checkReady(r.Context()); err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+		// No key is needed here, so the answer says what kind of problem
+		// it is and no more (no address, no token command output); the
+		// log has the details.
+		reason := "not ready"
+		var nr *NotReady
+		if errors.As(err, &nr) {
+			reason = nr.Public
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": reason})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -183,13 +193,30 @@ func (s *Server) checkReady(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	prev := s.readyErr
 	s.readyErr = nil
 	if s.deps.Ready != nil {
 		s.readyErr = s.deps.Ready(ctx)
 	}
 	s.readyAt = time.Now()
+	switch {
+	case s.readyErr != nil && (prev == nil || prev.Error() != s.readyErr.Error()):
+		s.log.Warn().Str("error", s.readyErr.Error()).Msg("not ready")
+	case s.readyErr == nil && prev != nil:
+		s.log.Info().Msg("ready again")
+	}
 	return s.readyErr
 }
+
+// NotReady is a readiness failure: Public is all /readyz tells a caller
+// without the key; Err, with the details, goes to the log.
+type NotReady struct {
+	Public string
+	Err    error
+}
+
+func (e *NotReady) Error() string { return e.Public + ": " + e.Err.Error() }
+func (e *NotReady) Unwrap() error { return e.Err }
 
 // protect requires the bearer key, compared in constant time.
 func (s *Server) protect(next http.HandlerFunc) http.HandlerFunc {

@@ -42,6 +42,13 @@ func TestIdleTimeouts(t *testing.T) {
 				w.ClientIdleTimeout = 700 * time.Millisecond
 				w.IdleInTransactionTimeout = 500 * time.Millisecond
 			})
+			// A query that runs longer than either timeout is not idleness.
+			busy := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			queryValue(t, busy, "select pg_sleep(1.2)")
+			if _, err := busy.Exec(context.Background(), "begin; select pg_sleep(1); commit").ReadAll(); err != nil {
+				t.Errorf("a long query inside a transaction was cut: %v", err)
+			}
+
 			idle := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
 			queryValue(t, idle, "select 1")
 			if e := nextQueryError(t, idle, 1500*time.Millisecond); e.Code != "57P05" || !strings.Contains(e.Message, "GATEKEEPER_CLIENT_IDLE_TIMEOUT") {

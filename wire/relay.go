@@ -108,16 +108,16 @@ func (ss *session) pumpClient(back net.Conn, f *framer, pending []byte) error {
 			n = copy(buf, pending)
 			pending = nil
 		} else {
-			deadline := ss.idleDeadline()
+			ss.armIdle()
 			n, err = ss.conn.Read(buf)
-			if n == 0 && err != nil && !deadline.IsZero() && !time.Now().Before(deadline) && !ss.killed.Load() {
-				if idle := ss.idleTimeoutError(); idle != nil {
-					return idle
-				}
+			if n == 0 && err != nil && ss.idleExpired() {
+				return ss.idleTimeoutError()
 			}
 		}
 		if n > 0 {
+			before := f.answered
 			stop, ferr := f.feed(buf[:n], 'X')
+			ss.outstanding.Add(int64(f.answered - before))
 			end := n
 			if stop >= 0 {
 				end = stop
@@ -153,10 +153,14 @@ func (ss *session) pumpBackend(back net.Conn, f *framer) error {
 	for {
 		n, err := back.Read(buf)
 		if n > 0 {
+			before := f.answered
 			if _, ferr := f.feed(buf[:n], 0); ferr != nil {
 				return ferr
 			}
 			ss.txStatus.Store(uint32(f.txStatus))
+			if f.answered > before && ss.outstanding.Add(int64(before-f.answered)) == 0 {
+				ss.armIdle() // everything answered: the client's idle time starts
+			}
 			ss.writeMu.Lock()
 			_, werr := ss.conn.Write(buf[:n])
 			ss.writeMu.Unlock()
@@ -181,23 +185,35 @@ type idleTimeoutError struct {
 
 func (e *idleTimeoutError) Error() string { return e.msg }
 
-// idleDeadline sets the client's read deadline for the idle timeout that
-// applies now (inside a transaction or not) and returns it; zero when
-// neither timeout is set.
-func (ss *session) idleDeadline() time.Time {
-	timeout := ss.srv.cfg.ClientIdleTimeout
+// armIdle starts the client's idle clock: its read deadline is set for the
+// idle timeout that applies (inside a transaction or not), but only while
+// every request it sent is answered; a query that runs long is not the
+// client being idle. Called before each client read and by the backend
+// side when the last answer arrives.
+func (ss *session) armIdle() {
+	cfg := ss.srv.cfg
+	if cfg.ClientIdleTimeout <= 0 && cfg.IdleInTransactionTimeout <= 0 {
+		return
+	}
+	timeout := cfg.ClientIdleTimeout
 	if tx := byte(ss.txStatus.Load()); tx == 'T' || tx == 'E' {
-		timeout = ss.srv.cfg.IdleInTransactionTimeout
+		timeout = cfg.IdleInTransactionTimeout
 	}
-	if timeout <= 0 {
-		if ss.srv.cfg.ClientIdleTimeout > 0 || ss.srv.cfg.IdleInTransactionTimeout > 0 {
-			_ = ss.conn.SetReadDeadline(time.Time{})
-		}
-		return time.Time{}
+	if timeout <= 0 || ss.outstanding.Load() > 0 {
+		ss.idleUntil.Store(0)
+		_ = ss.conn.SetReadDeadline(time.Time{})
+		return
 	}
-	deadline := time.Now().Add(timeout)
-	_ = ss.conn.SetReadDeadline(deadline)
-	return deadline
+	until := time.Now().Add(timeout)
+	ss.idleUntil.Store(until.UnixNano())
+	_ = ss.conn.SetReadDeadline(until)
+}
+
+// idleExpired reports whether a client read ended because the idle clock
+// ran out (and not because the session is being closed).
+func (ss *session) idleExpired() bool {
+	until := ss.idleUntil.Load()
+	return until != 0 && time.Now().UnixNano() >= until && !ss.killed.Load()
 }
 
 // idleTimeoutError says which idle timeout ended the session.

@@ -29,7 +29,7 @@ const scramMechanism = "SCRAM-SHA-256"
 // user not in the file goes through a SCRAM exchange against a random
 // verifier, so the answer does not tell which users exist. It returns the
 // plain-text password when the file has one.
-func (ss *session) authenticateFromFile(entry *authEntry) (string, error) {
+func (ss *session) authenticateFromFile(user string, entry *authEntry) (string, error) {
 	if entry != nil && entry.md5 != "" {
 		return "", ss.md5Exchange(entry.md5)
 	}
@@ -38,8 +38,9 @@ func (ss *session) authenticateFromFile(entry *authEntry) (string, error) {
 		verifier = entry.scram
 	}
 	if verifier == nil {
-		salt := make([]byte, 16)
-		_, _ = rand.Read(salt)
+		// The same salt every time for a given name, as for a real user, so
+		// the exchange does not tell which users exist.
+		salt := hmacSHA256(ss.srv.decoySecret[:], "decoy salt for "+user)[:16]
 		key := make([]byte, sha256.Size)
 		_, _ = rand.Read(key)
 		verifier = &scramVerifier{iterations: scramIterations, salt: salt, storedKey: key, serverKey: key}

@@ -47,8 +47,9 @@ type Server struct {
 	clients  atomic.Int64
 	counters serverCounters
 
-	auth     *authFile // nil: the client's password is not checked here
-	failures loginFailures
+	auth        *authFile // nil: the client's password is not checked here
+	failures    loginFailures
+	decoySecret [32]byte // salts the SCRAM exchange of users not in auth
 }
 
 // NewServer prepares a server; cfg must have passed Validate. In token mode
@@ -75,6 +76,7 @@ func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger) (*Se
 			s.tls.ClientAuth = tls.VerifyClientCertIfGiven
 		}
 	}
+	_, _ = rand.Read(s.decoySecret[:])
 	if cfg.ClientAuthFile != "" {
 		af, err := loadAuthFile(cfg.ClientAuthFile)
 		if err != nil {

@@ -48,9 +48,12 @@ type session struct {
 
 	overLimit bool // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
 
-	// txStatus is the last ReadyForQuery status of the attached backend,
-	// for the idle timeouts; written by the backend side.
-	txStatus atomic.Uint32
+	// For the idle timeouts: the last ReadyForQuery status of the attached
+	// backend, the requests not yet answered, and when the armed idle
+	// deadline falls (unix ns, 0 when none).
+	txStatus    atomic.Uint32
+	outstanding atomic.Int64
+	idleUntil   atomic.Int64
 
 	rc relayCounters
 
@@ -192,18 +195,17 @@ func (ss *session) refuse(err error) {
 //go:noinline
 func (ss *session) awaitFirst() ([]byte, error) {
 	buf := make([]byte, 64)
-	ss.idleDeadline()
+	ss.armIdle()
 	n, err := ss.conn.Read(buf)
 	return buf[:n], err
 }
 
 // firstReadFailed names why a session ended before its first message.
 func (ss *session) firstReadFailed(err error) string {
-	var ne net.Error
 	switch {
 	case ss.killed.Load():
 		return "shutdown"
-	case errors.As(err, &ne) && ne.Timeout():
+	case ss.idleExpired():
 		idle := ss.idleTimeoutError()
 		ss.send(fatal(idle.code, idle.msg))
 		return idle.reason
@@ -358,10 +360,16 @@ func (ss *session) authenticate(user string) (string, error) {
 		if reloadErr != nil {
 			ss.log.Warn().Err(reloadErr).Msg("GATEKEEPER_CLIENT_AUTH_FILE changed but does not parse; keeping its previous contents")
 		}
-		password, err := ss.authenticateFromFile(entry)
+		password, err := ss.authenticateFromFile(user, entry)
 		if errors.Is(err, errBadPassword) {
 			ss.srv.failures.record(addr)
 			return "", &clientError{fatal(codeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user)), "client-auth-failed"}
+		}
+		if err == nil && !ss.srv.tokenMode && password == "" {
+			// Start-up refuses hashed entries in pass-through mode; one
+			// added later by a reload cannot log in to PostgreSQL either.
+			return "", &clientError{fatal(codeInvalidAuthorization, fmt.Sprintf(
+				"user %q has a hashed entry in GATEKEEPER_CLIENT_AUTH_FILE, but pass-through mode logs in to PostgreSQL with the password: use a plain-text entry for this user", user)), "client-auth-failed"}
 		}
 		return password, err
 	}

@@ -225,14 +225,14 @@ func (tx *txSession) serve(first []byte) string {
 				buf = grown
 			}
 		}
-		deadline := ss.idleDeadline()
+		ss.armIdle()
 		n, err := ss.conn.Read(buf[w:])
 		w += n
 		if err != nil && n == 0 {
 			if ss.killed.Load() {
 				return "shutdown"
 			}
-			if !deadline.IsZero() && !time.Now().Before(deadline) {
+			if ss.idleExpired() {
 				idle := ss.idleTimeoutError()
 				ss.send(fatal(idle.code, idle.msg))
 				return idle.reason
@@ -417,6 +417,7 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 	}
 	if typ == 'Q' || typ == 'S' || typ == 'F' {
 		att.sent++
+		tx.ss.outstanding.Add(1)
 	}
 	att.lastSettled = settled(typ)
 	return out, nil
@@ -654,6 +655,9 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 	// the server after an error, so statements parsed there do not exist.
 	batch := att.answered
 	att.answered++
+	if tx.ss.outstanding.Add(-1) == 0 {
+		defer tx.ss.armIdle()
+	}
 	if len(body) == 1 {
 		att.txStatus = body[0]
 		tx.ss.txStatus.Store(uint32(body[0]))

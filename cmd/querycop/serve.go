@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -49,14 +48,14 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err := srv.Listen(); err != nil {
 		return err
 	}
-	deps := admin.Deps{
-		Pools:   pools,
-		Clients: srv,
-		Ready:   readiness(pools, dialer, tokens),
-		Config:  effectiveConfig(cfg),
+	probe := func(ctx context.Context) error {
+		_, err := dialer.Probe(ctx)
+		return err
 	}
+	deps := admin.Deps{Pools: pools, Clients: srv, Config: effectiveConfig(cfg), Ready: admin.Readiness(pools, probe, nil)}
 	if tokens != nil {
 		deps.Tokens = tokens
+		deps.Ready = admin.Readiness(pools, probe, tokens)
 	}
 	api := admin.NewServer(cfg.Admin, cfg.AdminKey.APIKey, deps, log)
 	if err := api.Listen(); err != nil {
@@ -121,35 +120,6 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	<-apiDone
 	log.Info().Msg("querycop stopped")
 	return err
-}
-
-// readiness is /readyz's check: a live pooled connection means the gateway
-// can serve; otherwise the backend must accept a connection (and TLS) now,
-// and in token mode the token command must not be failing.
-func readiness(pools *pool.Pools, dialer *backend.Dialer, tokens *token.Source) func(context.Context) error {
-	return func(ctx context.Context) error {
-		for _, s := range pools.Stats() {
-			if s.Idle+s.InUse > 0 {
-				return nil
-			}
-		}
-		if _, err := dialer.Probe(ctx); err != nil {
-			return err
-		}
-		if tokens != nil {
-			var lastErr string
-			for _, st := range tokens.Status() {
-				if st.Valid || st.ConsecutiveFailures == 0 {
-					return nil
-				}
-				lastErr = st.LastError
-			}
-			if lastErr != "" {
-				return errors.New(lastErr)
-			}
-		}
-		return nil
-	}
 }
 
 // isLoopback reports whether addr only accepts connections from this host.
