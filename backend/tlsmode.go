@@ -1,6 +1,6 @@
 package backend
 
-import "fmt"
+import "github.com/querycop/querycop/internal/confcheck"
 
 // TLSMode is the backend leg's TLS policy, named and behaving as libpq's
 // sslmode (https://www.postgresql.org/docs/current/libpq-ssl.html).
@@ -19,13 +19,7 @@ const (
 var TLSModes = []TLSMode{TLSDisable, TLSAllow, TLSPrefer, TLSRequire, TLSVerifyCA, TLSVerifyFull}
 
 func (m *TLSMode) UnmarshalText(text []byte) error {
-	for _, known := range TLSModes {
-		if string(text) == string(known) {
-			*m = known
-			return nil
-		}
-	}
-	return fmt.Errorf("unknown TLS mode %q (want one of disable, allow, prefer, require, verify-ca, verify-full)", text)
+	return confcheck.OneOf(m, text, "TLS mode", TLSModes...)
 }
 
 // Verifies reports whether the mode checks the server certificate chain.

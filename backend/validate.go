@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/querycop/querycop/internal/confcheck"
 )
 
 // The variable names are product-stable (cookbooks link to them), so
@@ -27,7 +29,7 @@ const (
 // missing or damaged before the first client waits on it.
 func (c Config) Validate() error {
 	var problems []error
-	add := func(msg string, vars ...string) { problems = append(problems, problem{vars: vars, msg: msg}) }
+	add := func(msg string, vars ...string) { problems = append(problems, confcheck.New(msg, vars...)) }
 
 	if strings.TrimSpace(c.Host) == "" {
 		add(envHost+" is not set; set it to the host name or address of the PostgreSQL server", envHost)
@@ -116,16 +118,3 @@ func LoadCAFile(path string) (*x509.CertPool, error) {
 	}
 	return pool, nil
 }
-
-// problem is one configuration mistake. It names the variables it concerns
-// so that a caller which has already reported one of them as unparsable can
-// leave out the follow-on complaint.
-type problem struct {
-	vars []string
-	msg  string
-}
-
-func (p problem) Error() string { return p.msg }
-
-// EnvVars lists the environment variables the problem concerns.
-func (p problem) EnvVars() []string { return p.vars }

@@ -3,6 +3,8 @@ package pool
 import (
 	"errors"
 	"fmt"
+
+	"github.com/querycop/querycop/internal/confcheck"
 )
 
 // Product-stable variable names, used in full in every problem.
@@ -21,7 +23,7 @@ const (
 // and the fix.
 func (c Config) Validate() error {
 	var problems []error
-	add := func(msg string, vars ...string) { problems = append(problems, problem{vars: vars, msg: msg}) }
+	add := func(msg string, vars ...string) { problems = append(problems, confcheck.New(msg, vars...)) }
 	if c.Size < 1 {
 		add(fmt.Sprintf("%s=%d must be at least 1", envSize, c.Size), envSize)
 	}
@@ -49,14 +51,3 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(problems...)
 }
-
-// problem is one configuration mistake, naming the variables it concerns.
-type problem struct {
-	vars []string
-	msg  string
-}
-
-func (p problem) Error() string { return p.msg }
-
-// EnvVars lists the environment variables the problem concerns.
-func (p problem) EnvVars() []string { return p.vars }

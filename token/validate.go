@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/querycop/querycop/internal/confcheck"
 )
 
 // Names as the operator writes them: Config is always nested under the
@@ -21,31 +23,20 @@ const (
 func (c Config) Validate() error {
 	var problems []error
 	if c.Cmd != "" && strings.TrimSpace(c.Cmd) == "" {
-		problems = append(problems, problem{vars: []string{envCmd},
-			msg: envCmd + " is blank; unset it to use the client's password, or give the command that prints the token"})
+		problems = append(problems, confcheck.Problem{Vars: []string{envCmd},
+			Msg: envCmd + " is blank; unset it to use the client's password, or give the command that prints the token"})
 	}
 	if c.Timeout <= 0 {
-		problems = append(problems, problem{vars: []string{envTimeout},
-			msg: fmt.Sprintf("%s=%s must be positive; use a duration such as 30s", envTimeout, c.Timeout)})
+		problems = append(problems, confcheck.Problem{Vars: []string{envTimeout},
+			Msg: fmt.Sprintf("%s=%s must be positive; use a duration such as 30s", envTimeout, c.Timeout)})
 	}
 	if c.Lifetime <= 0 {
-		problems = append(problems, problem{vars: []string{envLifetime},
-			msg: fmt.Sprintf("%s=%s must be positive; use a duration such as 15m", envLifetime, c.Lifetime)})
+		problems = append(problems, confcheck.Problem{Vars: []string{envLifetime},
+			Msg: fmt.Sprintf("%s=%s must be positive; use a duration such as 15m", envLifetime, c.Lifetime)})
 	}
 	if c.RefreshMargin < 0 || (c.Lifetime > 0 && c.RefreshMargin >= c.Lifetime) {
-		problems = append(problems, problem{vars: []string{envMargin, envLifetime},
-			msg: fmt.Sprintf("%s=%s must be at least 0 and below %s (%s)", envMargin, c.RefreshMargin, envLifetime, c.Lifetime)})
+		problems = append(problems, confcheck.Problem{Vars: []string{envMargin, envLifetime},
+			Msg: fmt.Sprintf("%s=%s must be at least 0 and below %s (%s)", envMargin, c.RefreshMargin, envLifetime, c.Lifetime)})
 	}
 	return errors.Join(problems...)
 }
-
-// problem is one configuration mistake, naming the variables it concerns.
-type problem struct {
-	vars []string
-	msg  string
-}
-
-func (p problem) Error() string { return p.msg }
-
-// EnvVars lists the environment variables the problem concerns.
-func (p problem) EnvVars() []string { return p.vars }

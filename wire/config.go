@@ -1,8 +1,9 @@
 package wire
 
 import (
-	"fmt"
 	"time"
+
+	"github.com/querycop/querycop/internal/confcheck"
 )
 
 // Config is the client-facing listener. Keys are read under GATEKEEPER_.
@@ -35,12 +36,7 @@ const (
 )
 
 func (m *ClientTLS) UnmarshalText(text []byte) error {
-	switch ClientTLS(text) {
-	case ClientTLSAllow, ClientTLSRequire:
-		*m = ClientTLS(text)
-		return nil
-	}
-	return fmt.Errorf("unknown client TLS policy %q (want allow or require)", text)
+	return confcheck.OneOf(m, text, "client TLS policy", ClientTLSAllow, ClientTLSRequire)
 }
 
 // PoolMode is when a client holds a backend connection.
@@ -52,10 +48,5 @@ const (
 )
 
 func (m *PoolMode) UnmarshalText(text []byte) error {
-	switch PoolMode(text) {
-	case SessionMode, TransactionMode:
-		*m = PoolMode(text)
-		return nil
-	}
-	return fmt.Errorf("unknown pool mode %q (want session or transaction)", text)
+	return confcheck.OneOf(m, text, "pool mode", SessionMode, TransactionMode)
 }

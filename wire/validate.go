@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/querycop/querycop/internal/confcheck"
 )
 
 // Product-stable variable names, used in full in every problem.
@@ -22,7 +24,7 @@ const (
 // start-up instead of the first client that asks for TLS.
 func (c Config) Validate() error {
 	var problems []error
-	add := func(msg string, vars ...string) { problems = append(problems, problem{vars: vars, msg: msg}) }
+	add := func(msg string, vars ...string) { problems = append(problems, confcheck.New(msg, vars...)) }
 
 	if c.ListenPort < 1 || c.ListenPort > 65535 {
 		add(fmt.Sprintf("%s=%d is not a TCP port; use 1 to 65535", envListenPort, c.ListenPort), envListenPort)
@@ -77,15 +79,3 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(problems...)
 }
-
-// problem is one configuration mistake, naming the variables it concerns so
-// a caller can drop follow-on complaints about a variable that did not parse.
-type problem struct {
-	vars []string
-	msg  string
-}
-
-func (p problem) Error() string { return p.msg }
-
-// EnvVars lists the environment variables the problem concerns.
-func (p problem) EnvVars() []string { return p.vars }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/querycop/querycop/admin"
 	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/internal/confcheck"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/wire"
 )
@@ -49,8 +50,8 @@ type ShutdownConfig struct {
 // Validate reports a shutdown timeout that is not positive.
 func (c ShutdownConfig) Validate() error {
 	if c.Timeout <= 0 {
-		return problem{vars: []string{envPrefix + "SHUTDOWN_TIMEOUT"},
-			msg: fmt.Sprintf("%sSHUTDOWN_TIMEOUT=%s must be positive; use a duration such as 30s", envPrefix, c.Timeout)}
+		return confcheck.Problem{Vars: []string{envPrefix + "SHUTDOWN_TIMEOUT"},
+			Msg: fmt.Sprintf("%sSHUTDOWN_TIMEOUT=%s must be positive; use a duration such as 30s", envPrefix, c.Timeout)}
 	}
 	return nil
 }
@@ -114,12 +115,12 @@ func LoadConfig(environ []string) (Config, error) {
 func (c LogConfig) Validate() error {
 	var problems []error
 	if c.Level < zerolog.TraceLevel || c.Level > zerolog.ErrorLevel {
-		problems = append(problems, problem{vars: []string{envPrefix + "LOG_LEVEL"},
-			msg: fmt.Sprintf("%sLOG_LEVEL=%q: %s", envPrefix, c.Level.String(), levelReason)})
+		problems = append(problems, confcheck.Problem{Vars: []string{envPrefix + "LOG_LEVEL"},
+			Msg: fmt.Sprintf("%sLOG_LEVEL=%q: %s", envPrefix, c.Level.String(), levelReason)})
 	}
 	if c.Format != "json" && c.Format != "console" {
-		problems = append(problems, problem{vars: []string{envPrefix + "LOG_FORMAT"},
-			msg: fmt.Sprintf("%sLOG_FORMAT=%q: not a log format; use json (for collectors) or console (for people)", envPrefix, c.Format)})
+		problems = append(problems, confcheck.Problem{Vars: []string{envPrefix + "LOG_FORMAT"},
+			Msg: fmt.Sprintf("%sLOG_FORMAT=%q: not a log format; use json (for collectors) or console (for people)", envPrefix, c.Format)})
 	}
 	return errors.Join(problems...)
 }
@@ -134,8 +135,8 @@ func portClash(w wire.Config, a admin.Config) error {
 	if w.ListenPort != a.Port || w.ListenPort < 1 || w.ListenPort > 65535 || !addrsOverlap(w.ListenAddr, a.Addr) {
 		return nil
 	}
-	return problem{vars: []string{envPrefix + "LISTEN_PORT", envPrefix + "API_PORT"},
-		msg: fmt.Sprintf("%sLISTEN_PORT and %sAPI_PORT are both %d on overlapping addresses (%s, %s); give the admin API another port",
+	return confcheck.Problem{Vars: []string{envPrefix + "LISTEN_PORT", envPrefix + "API_PORT"},
+		Msg: fmt.Sprintf("%sLISTEN_PORT and %sAPI_PORT are both %d on overlapping addresses (%s, %s); give the admin API another port",
 			envPrefix, envPrefix, w.ListenPort, w.ListenAddr, a.Addr)}
 }
 
@@ -143,17 +144,6 @@ func addrsOverlap(a, b string) bool {
 	wildcard := func(s string) bool { return s == "" || s == "0.0.0.0" || s == "::" || s == "[::]" }
 	return a == b || wildcard(a) || wildcard(b)
 }
-
-// problem is one configuration mistake found here in cmd.
-type problem struct {
-	vars []string
-	msg  string
-}
-
-func (p problem) Error() string { return p.msg }
-
-// EnvVars lists the environment variables the problem concerns.
-func (p problem) EnvVars() []string { return p.vars }
 
 // section is one top-level part of Config and the prefix it is read under.
 type section struct {
@@ -368,7 +358,7 @@ func authFileModeCheck(cfg Config) error {
 	if err != nil || len(users) == 0 {
 		return nil // an unreadable file is reported by wire's own check
 	}
-	return problem{vars: []string{envPrefix + "CLIENT_AUTH_FILE"}, msg: fmt.Sprintf(
+	return confcheck.Problem{Vars: []string{envPrefix + "CLIENT_AUTH_FILE"}, Msg: fmt.Sprintf(
 		"%sCLIENT_AUTH_FILE has hashed (SCRAM or MD5) entries for %s, but without %sBACKEND_TOKEN_CMD the gateway logs in to PostgreSQL with the client's password, which a hash does not give it; use plain-text entries for them or token mode",
 		envPrefix, strings.Join(users, ", "), envPrefix)}
 }
