@@ -403,7 +403,7 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 	defer cancel()
 	start := time.Now()
 	if err := pl.lim.acquire(ctx); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, pl.timeoutError()
 		}
 		return nil, err
@@ -425,7 +425,9 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		}
 		if err != nil {
 			pl.lim.release()
-			if errors.Is(err, context.DeadlineExceeded) {
+			// Our own deadline, not one inside the error: a token command
+			// that timed out wraps context.DeadlineExceeded too.
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return nil, pl.timeoutError()
 			}
 			return nil, err
