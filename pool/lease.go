@@ -51,6 +51,13 @@ func (l *Lease) Release(st ReleaseState) {
 	c := l.res.Value()
 	switch {
 	case st.Broken:
+		if st.Busy {
+			// Its state is unknown, but the server may still be working
+			// for a client that is gone: stop that first.
+			ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
+			_ = c.Cancel(ctx)
+			cancel()
+		}
 		pl.destroy(l.res, "backend-gone")
 		return
 	case st.Busy || !st.Clean:

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -113,7 +114,9 @@ func (pl *Pool) createQuietly() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := pl.create(ctx); err != nil {
-		pl.log.Warn().Err(err).Msg("could not open a replacement backend connection")
+		if !errors.Is(err, puddle.ErrNotAvailable) { // full: nothing to replace
+			pl.log.Warn().Err(err).Msg("could not open a replacement backend connection")
+		}
 		return false
 	}
 	return true

@@ -146,8 +146,10 @@ type Pool struct {
 	lim limiter
 	log zerolog.Logger
 
-	admitMu    sync.Mutex // one credential check at a time; others wait for its verdict
-	verifiedAt time.Time  // guarded by admitMu
+	admitMu      sync.Mutex // one credential check at a time; others wait for its verdict
+	verifiedAt   time.Time  // guarded by admitMu
+	lastAdmitErr error      // guarded by admitMu
+	lastAdmitAt  time.Time  // guarded by admitMu
 
 	mu       sync.Mutex
 	old      []*puddle.Pool[*conn] // puddles replaced by a resize, until empty
@@ -213,6 +215,26 @@ func (pl *Pool) adopt(res *puddle.Resource[*conn]) {
 func (pl *Pool) admit(ctx context.Context, password string) error {
 	pl.admitMu.Lock()
 	defer pl.admitMu.Unlock()
+	// Clients queue here while one of them checks with the server; if that
+	// check timed out a moment ago, the rest get its answer rather than each
+	// waiting out another dial to a server that is not answering. (A refusal,
+	// such as a wrong password, is always asked of the server again.)
+	if pl.lastAdmitErr != nil && time.Since(pl.lastAdmitAt) < admitErrorReuse {
+		return pl.lastAdmitErr
+	}
+	err := pl.admitLocked(ctx, password)
+	pl.lastAdmitErr = nil
+	if err != nil && transient(err) {
+		pl.lastAdmitErr, pl.lastAdmitAt = err, time.Now()
+	}
+	return err
+}
+
+// admitErrorReuse is how long a failed admission check answers the clients
+// that waited for it.
+const admitErrorReuse = time.Second
+
+func (pl *Pool) admitLocked(ctx context.Context, password string) error {
 	if pl.ps.tokenMode {
 		if pl.StartupParams() != nil {
 			return nil

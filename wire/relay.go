@@ -26,7 +26,11 @@ func (ss *session) relay(back net.Conn, pending []byte) (string, pool.ReleaseSta
 	go func() {
 		err := ss.pumpBackend(back, &fromBack)
 		if ending.CompareAndSwap(false, true) {
+			// The client side may be blocked reading the client, or writing
+			// to a backend that stopped reading because we stopped relaying
+			// its results (a client that vanished without reading them).
 			_ = ss.conn.SetReadDeadline(time.Now())
+			_ = back.SetWriteDeadline(time.Now())
 		}
 		backDone <- err
 	}()
@@ -38,6 +42,7 @@ func (ss *session) relay(back net.Conn, pending []byte) (string, pool.ReleaseSta
 	}
 	backErr := <-backDone
 	_ = back.SetReadDeadline(time.Time{})
+	_ = back.SetWriteDeadline(time.Time{})
 
 	state := pool.ReleaseState{
 		TxStatus: fromBack.txStatus,

@@ -611,6 +611,11 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 			ss.writeMu.Unlock()
 			ss.rc.bytesOut.Add(int64(len(out)))
 			if werr != nil {
+				// The client is gone: unblock the client side, which may be
+				// reading it or writing to this backend (stalled because
+				// its results were no longer relayed).
+				_ = ss.conn.SetReadDeadline(time.Now())
+				_ = att.conn.SetWriteDeadline(time.Now())
 				return &clientWriteError{werr}
 			}
 		}
@@ -755,6 +760,7 @@ func (tx *txSession) finish(att *attachment, reason string) {
 	_ = att.conn.SetReadDeadline(time.Now())
 	err := <-att.done
 	_ = att.conn.SetReadDeadline(time.Time{})
+	_ = att.conn.SetWriteDeadline(time.Time{})
 	tx.ss.lease.Store(nil)
 	if att.detached {
 		return // released by the backend side
