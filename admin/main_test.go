@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/querycop/querycop/admin"
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/wire"
 )
@@ -46,24 +46,6 @@ const wrongPassword = "wrong-secret-Zp41"
 // line, a metric label or an API response.
 var secrets = []string{pgtest.PassSCRAM, pgtest.PassMD5, pgtest.PassPassword, wrongPassword, adminKey}
 
-// logBuffer collects the gateway's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // gateway is an in-process Querycop: the pool port and the admin API.
 type gateway struct {
 	port  int // pool port
@@ -71,7 +53,7 @@ type gateway struct {
 	http  *http.Client
 	pools *pool.Pools
 	srv   *wire.Server
-	log   *logBuffer
+	log   *testkit.LogBuffer
 }
 
 func testPoolConfig(adjust func(*pool.Config)) pool.Config {
@@ -110,7 +92,7 @@ func startGateway(t *testing.T, c *pgtest.Cluster, pcfg pool.Config, acfg admin.
 	if err != nil {
 		t.Fatalf("NewDialer: %v", err)
 	}
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	pools := pool.New(pcfg, dialer, false, log)
 	srv, err := wire.NewServer(wire.Config{ListenAddr: "127.0.0.1", LoginTimeout: 5 * time.Second, MaxClientConn: 100}, pools, false, log)
@@ -444,32 +426,4 @@ func waitNoBackends(t *testing.T, obs *pgconn.PgConn, user string) {
 		}
 		return n == 0, fmt.Sprintf("%d backends", n)
 	})
-}
-
-// errorLog keeps the first few errors of concurrent clients.
-type errorLog struct {
-	mu    sync.Mutex
-	n     int
-	first []string
-}
-
-func (e *errorLog) add(err error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.n++
-	if len(e.first) < 5 {
-		e.first = append(e.first, err.Error())
-	}
-}
-
-func (e *errorLog) count() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.n
-}
-
-func (e *errorLog) String() string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return fmt.Sprintf("%d errors, first: %q", e.n, e.first)
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/querycop/querycop/admin"
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/wire"
 )
@@ -315,7 +316,7 @@ func TestResizeUnderLoad(t *testing.T) {
 	const clients = 10
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var errs errorLog
+	var errs testkit.ErrorLog
 	var sessions atomic.Int64
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -332,11 +333,11 @@ func TestResizeUnderLoad(t *testing.T) {
 				}
 				conn, err := g.dial(ctx, pgtest.UserSCRAM, pgtest.PassSCRAM)
 				if err != nil {
-					errs.add(fmt.Errorf("connect: %w", err))
+					errs.Add(fmt.Errorf("connect: %w", err))
 					return
 				}
 				if _, err := query(ctx, conn, "select pg_sleep(0.03)"); err != nil {
-					errs.add(fmt.Errorf("query: %w", err))
+					errs.Add(fmt.Errorf("query: %w", err))
 				}
 				conn.Close(ctx)
 				sessions.Add(1)
@@ -409,7 +410,7 @@ func TestResizeUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d sessions; max u_scram backends by phase (size 2, 6, 1): %d %d %d in %d %d %d samples", sessions.Load(),
 		maxSeen[1].Load(), maxSeen[2].Load(), maxSeen[3].Load(), samples[1].Load(), samples[2].Load(), samples[3].Load())
-	if errs.count() > 0 {
+	if errs.Count() > 0 {
 		t.Errorf("clients failed: %s", errs.String())
 	}
 	if n := maxSeen[1].Load(); n > 2 {

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/querycop/querycop/internal/testkit"
 )
 
 // script returns the path of a test token command, relative to the package
@@ -282,7 +284,7 @@ func TestMintTimeoutKillsProcessGroup(t *testing.T) {
 		t.Errorf("error %v does not wrap context.DeadlineExceeded", res.err)
 	}
 
-	assertGroupGone(t, pid, pgid)
+	testkit.AssertGroupGone(t, pid, pgid)
 }
 
 func TestMintCallerCancelKillsProcessGroup(t *testing.T) {
@@ -312,7 +314,7 @@ func TestMintCallerCancelKillsProcessGroup(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("error %v does not wrap context.Canceled", err)
 	}
-	assertGroupGone(t, pid, pgid)
+	testkit.AssertGroupGone(t, pid, pgid)
 }
 
 func TestMintAlreadyCanceled(t *testing.T) {
@@ -382,96 +384,20 @@ func waitForPIDFile(t *testing.T, path string) (pid, pgid int) {
 			if err != nil {
 				t.Fatalf("bad PID file %q: %v", data, err)
 			}
-			st, ok := readStat(pid)
+			st, ok := testkit.ReadProcStat(pid)
 			if !ok {
 				t.Fatalf("process %d from the PID file is already gone", pid)
 			}
-			if st.pgid == os.Getpid() || st.pgid == 0 {
-				t.Fatalf("hang.sh runs in process group %d, not its own", st.pgid)
+			if st.PGID == os.Getpid() || st.PGID == 0 {
+				t.Fatalf("hang.sh runs in process group %d, not its own", st.PGID)
 			}
-			return pid, st.pgid
+			return pid, st.PGID
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("hang.sh did not write its PID file within 5s")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// assertGroupGone checks that pid no longer exists and that no process of
-// group pgid remains, polling briefly to let the kernel finish tearing down.
-//
-// A zombie whose parent is not this test process does not count: the
-// grandchildren (hang.sh's sleeps) are orphans that init reaps, which Mint
-// cannot do, so the check only demands they are dead.
-func assertGroupGone(t *testing.T, pid, pgid int) {
-	t.Helper()
-	var left []string
-	for deadline := time.Now().Add(2 * time.Second); ; {
-		left = left[:0]
-		if st, ok := readStat(pid); ok && (st.state != 'Z' || st.ppid == os.Getpid()) {
-			left = append(left, fmt.Sprintf("pid %d (%s, state %c)", pid, st.comm, st.state))
-		}
-		if st, ok := readStat(pgid); ok && pgid != pid {
-			// The group leader is Mint's child: it must be reaped, not a zombie.
-			left = append(left, fmt.Sprintf("leader %d (%s, state %c)", pgid, st.comm, st.state))
-		}
-		entries, err := os.ReadDir("/proc")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range entries {
-			p, err := strconv.Atoi(e.Name())
-			if err != nil || p == pid || p == pgid {
-				continue
-			}
-			st, ok := readStat(p)
-			if !ok || st.pgid != pgid {
-				continue
-			}
-			if st.state == 'Z' && st.ppid != os.Getpid() {
-				continue // dead orphan, init's to reap
-			}
-			left = append(left, fmt.Sprintf("pid %d (%s, state %c)", p, st.comm, st.state))
-		}
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("process group %d survived: %s", pgid, strings.Join(left, ", "))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-type procStat struct {
-	comm  string
-	state byte
-	ppid  int
-	pgid  int
-}
-
-// readStat parses /proc/<pid>/stat; ok is false if the process is gone.
-func readStat(pid int) (st procStat, ok bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return st, false
-	}
-	s := string(data)
-	// "pid (comm) state ppid pgrp ..."; comm may contain spaces and parens.
-	open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if open < 0 || closing < open {
-		return st, false
-	}
-	st.comm = s[open+1 : closing]
-	fields := strings.Fields(s[closing+1:])
-	if len(fields) < 3 {
-		return st, false
-	}
-	st.state = fields[0][0]
-	st.ppid, _ = strconv.Atoi(fields[1])
-	st.pgid, _ = strconv.Atoi(fields[2])
-	return st, true
 }
 
 // A command that exits 0 but leaves a background process holding stdout open
@@ -499,12 +425,12 @@ func TestMintBackgroundChildHoldingStdout(t *testing.T) {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(2 * time.Second); ; {
-		st, ok := readStat(pid)
-		if !ok || st.state == 'Z' {
+		st, ok := testkit.ReadProcStat(pid)
+		if !ok || st.State == 'Z' {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("background sleep %d survived (state %c)", pid, st.state)
+			t.Fatalf("background sleep %d survived (state %c)", pid, st.State)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

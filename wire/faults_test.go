@@ -22,6 +22,7 @@ import (
 
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/wire"
 )
@@ -201,18 +202,18 @@ func TestFaultBackendDownAtStart(t *testing.T) {
 				t.Errorf("select 1 = %q", got)
 			}
 			var wg sync.WaitGroup
-			var errs errorLog
+			var errs testkit.ErrorLog
 			for range 8 {
 				wg.Go(func() {
 					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 					defer cancel()
 					if err := session(ctx, g, "select 2", "2", 3); err != nil {
-						errs.add(err)
+						errs.Add(err)
 					}
 				})
 			}
 			wg.Wait()
-			if errs.count() > 0 {
+			if errs.Count() > 0 {
 				t.Errorf("clients after the server started: %s", errs.String())
 			}
 			st, _ := userStats(g, pgtest.UserSCRAM)
@@ -278,7 +279,7 @@ func TestFaultTerminateBackend(t *testing.T) {
 				}
 				// Traffic from a third client while the backend dies.
 				stop := make(chan struct{})
-				var thirdErrs errorLog
+				var thirdErrs testkit.ErrorLog
 				var thirdOK atomic.Int64
 				var wg sync.WaitGroup
 				wg.Go(func() {
@@ -289,7 +290,7 @@ func TestFaultTerminateBackend(t *testing.T) {
 						default:
 						}
 						if err := session(ctx, g, "select 3", "3", 2); err != nil {
-							thirdErrs.add(err)
+							thirdErrs.Add(err)
 						} else {
 							thirdOK.Add(1)
 						}
@@ -318,7 +319,7 @@ func TestFaultTerminateBackend(t *testing.T) {
 				time.Sleep(300 * time.Millisecond)
 				close(stop)
 				wg.Wait()
-				if thirdErrs.count() > 0 || thirdOK.Load() == 0 {
+				if thirdErrs.Count() > 0 || thirdOK.Load() == 0 {
 					t.Errorf("a third client's sessions while the backend died: %d ok, %s", thirdOK.Load(), thirdErrs.String())
 				}
 				// And new clients are served.
@@ -481,7 +482,7 @@ func TestFaultTokenCommand(t *testing.T) {
 	var pids []string
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var trafficErrs errorLog
+	var trafficErrs testkit.ErrorLog
 	var trafficOK atomic.Int64
 	for range 2 {
 		s := g.mustConnect(t, role, "x")
@@ -495,7 +496,7 @@ func TestFaultTokenCommand(t *testing.T) {
 				case <-time.After(20 * time.Millisecond):
 				}
 				if got, err := query(ctx, s, "select pg_backend_pid()"); err != nil || got != pid {
-					trafficErrs.add(fmt.Errorf("established session on %s: %q, %v", pid, got, err))
+					trafficErrs.Add(fmt.Errorf("established session on %s: %q, %v", pid, got, err))
 				} else {
 					trafficOK.Add(1)
 				}
@@ -557,7 +558,7 @@ func TestFaultTokenCommand(t *testing.T) {
 	phase("hanging command", hangFlag, "backend token command failed: timed out after 1s")
 
 	stopTraffic()
-	if trafficErrs.count() > 0 {
+	if trafficErrs.Count() > 0 {
 		t.Errorf("established sessions: %d queries ok, %s", trafficOK.Load(), trafficErrs.String())
 	}
 	if trafficOK.Load() < 20 {
@@ -800,12 +801,12 @@ func TestFaultConnectionFlood(t *testing.T) {
 	// Every admitted client works (in session mode it holds a backend from
 	// its first query until it leaves, so each one queries and leaves).
 	next := make(chan *pgconn.PgConn)
-	var queryErrs errorLog
+	var queryErrs testkit.ErrorLog
 	for range 50 {
 		wg.Go(func() {
 			for cn := range next {
 				if got, err := query(ctx, cn, "select 7"); err != nil || got != "7" {
-					queryErrs.add(fmt.Errorf("select 7 = %q, %v", got, err))
+					queryErrs.Add(fmt.Errorf("select 7 = %q, %v", got, err))
 				}
 				cn.Close(context.Background())
 			}
@@ -817,7 +818,7 @@ func TestFaultConnectionFlood(t *testing.T) {
 	close(next)
 	wg.Wait()
 	peak := peakHeap()
-	if queryErrs.count() > 0 {
+	if queryErrs.Count() > 0 {
 		t.Errorf("admitted clients: %s", queryErrs.String())
 	}
 	waitFor(t, 20*time.Second, "the gateway's client count to return to 0", func() (bool, string) {

@@ -1,12 +1,10 @@
 package wire_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/token"
 	"github.com/querycop/querycop/wire"
@@ -26,31 +25,13 @@ func TestMain(m *testing.M) {
 	pgtest.Main(m, pgtest.Options{TLS: true}, &cluster)
 }
 
-// logBuffer collects the gateway's log lines for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // secrets are every password and token the tests use; none may ever be logged.
 var secrets = []string{pgtest.PassSCRAM, pgtest.PassMD5, pgtest.PassPassword, "client-side-secret"}
 
 type gateway struct {
 	addr  string
 	port  int
-	log   *logBuffer
+	log   *testkit.LogBuffer
 	srv   *wire.Server
 	pools *pool.Pools
 }
@@ -109,7 +90,7 @@ func startPooledGateway(t *testing.T, bcfg backend.Config, pcfg pool.Config, adj
 	for _, f := range adjust {
 		f(&wcfg)
 	}
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	log := zerolog.New(logs).Level(zerolog.TraceLevel)
 	pools := pool.New(pcfg, dialer, tokens != nil, log)
 	srv, err := wire.NewServer(wcfg, pools, tokens != nil, log)

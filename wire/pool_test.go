@@ -21,6 +21,7 @@ import (
 
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/wire"
 )
@@ -250,34 +251,6 @@ func session(ctx context.Context, g *gateway, sql, want string, n int) error {
 	return nil
 }
 
-// errorLog keeps the first few errors of concurrent clients.
-type errorLog struct {
-	mu    sync.Mutex
-	n     int
-	first []string
-}
-
-func (e *errorLog) add(err error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.n++
-	if len(e.first) < 5 {
-		e.first = append(e.first, err.Error())
-	}
-}
-
-func (e *errorLog) String() string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return fmt.Sprintf("%d errors, first: %q", e.n, e.first)
-}
-
-func (e *errorLog) count() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.n
-}
-
 // 1 and 12: a pool of 5 serves 40 concurrent clients, the server never sees
 // more than 5 backends, and nothing is left behind when they are gone.
 func TestPoolMoreClientsThanSize(t *testing.T) {
@@ -290,14 +263,14 @@ func TestPoolMoreClientsThanSize(t *testing.T) {
 	const clients, queries = 40, 3
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var errs errorLog
+	var errs testkit.ErrorLog
 	var wg sync.WaitGroup
 	for range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := session(ctx, g, "select pg_sleep(0.05)", "", queries); err != nil {
-				errs.add(err)
+				errs.Add(err)
 			}
 		}()
 	}
@@ -330,7 +303,7 @@ sampling:
 	if sampleErr != nil {
 		t.Fatalf("observing pg_stat_activity: %v", sampleErr)
 	}
-	if errs.count() > 0 {
+	if errs.Count() > 0 {
 		t.Errorf("clients failed: %s", errs.String())
 	}
 	t.Logf("%d samples: at most %d u_scram backends on the server, pool total at most %d", samples, maxBackends, maxTotal)
@@ -382,7 +355,7 @@ func TestIdleClientsHoldNoBackend(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	var errs errorLog
+	var errs testkit.ErrorLog
 	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
 	for i := range conns {
@@ -392,7 +365,7 @@ func TestIdleClientsHoldNoBackend(t *testing.T) {
 			defer func() { <-sem; wg.Done() }()
 			cn, err := g.dial(ctx, pgtest.UserSCRAM, pgtest.PassSCRAM)
 			if err != nil {
-				errs.add(err)
+				errs.Add(err)
 				return
 			}
 			conns[i] = cn
@@ -400,7 +373,7 @@ func TestIdleClientsHoldNoBackend(t *testing.T) {
 	}
 	wg.Wait()
 	t.Logf("%d clients connected in %s", clients, time.Since(start).Round(time.Millisecond))
-	if errs.count() > 0 {
+	if errs.Count() > 0 {
 		t.Fatalf("connecting idle clients: %s", errs.String())
 	}
 
@@ -553,7 +526,7 @@ func TestRetirementUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), duration+30*time.Second)
 	defer cancel()
 	deadline := time.Now().Add(duration)
-	var errs errorLog
+	var errs testkit.ErrorLog
 	var sessions, queries atomic.Int64
 	var pidsMu sync.Mutex
 	pids := map[string]bool{}
@@ -591,7 +564,7 @@ func TestRetirementUnderLoad(t *testing.T) {
 				}()
 				sessions.Add(1)
 				if err != nil {
-					errs.add(err)
+					errs.Add(err)
 				}
 				st, _ := userStats(g, pgtest.UserSCRAM)
 				if age := int64(st.OldestAge); age > maxAge.Load() {
@@ -624,7 +597,7 @@ func TestRetirementUnderLoad(t *testing.T) {
 	st, _ := userStats(g, pgtest.UserSCRAM)
 	t.Logf("%d sessions, %d queries, %d backends seen; created %d, retired %d, closed %v, oldest connection seen %s",
 		sessions.Load(), queries.Load(), len(pids), st.Created, st.Retired, st.Closed, time.Duration(maxAge.Load()).Round(time.Millisecond))
-	if errs.count() > 0 {
+	if errs.Count() > 0 {
 		t.Errorf("sessions failed or were cut: %s", errs.String())
 	}
 	if st.Created <= 5 || len(pids) <= 5 {
@@ -659,7 +632,7 @@ func TestBackendRestartDuringTraffic(t *testing.T) {
 	first.Close(ctx)
 
 	var ok atomic.Int64
-	var errs errorLog
+	var errs testkit.ErrorLog
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 5 {
@@ -675,7 +648,7 @@ func TestBackendRestartDuringTraffic(t *testing.T) {
 				default:
 				}
 				if err := session(ctx, g, "select 1", "1", 5); err != nil {
-					errs.add(err)
+					errs.Add(err)
 					time.Sleep(50 * time.Millisecond)
 					continue
 				}
@@ -688,7 +661,7 @@ func TestBackendRestartDuringTraffic(t *testing.T) {
 	waitFor(t, 20*time.Second, "traffic to flow", func() (bool, string) {
 		return ok.Load() >= 20, fmt.Sprintf("%d sessions ok, %s", ok.Load(), errs.String())
 	})
-	if errs.count() > 0 {
+	if errs.Count() > 0 {
 		t.Errorf("sessions failed before the restart: %s", errs.String())
 	}
 	okBefore := ok.Load()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 	"github.com/querycop/querycop/pool"
 )
 
@@ -51,7 +52,7 @@ type tokEnv struct {
 
 	mu      sync.Mutex
 	secrets []string
-	logs    []*logBuffer
+	logs    []*testkit.LogBuffer
 }
 
 // newTokEnv must be called before startGateway, so that its checks run
@@ -940,8 +941,8 @@ func TestTokenCommandHangs(t *testing.T) {
 			return false
 		}
 		pid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
-		st, ok := tokReadStat(pid)
-		pgid = st.pgid
+		st, ok := testkit.ReadProcStat(pid)
+		pgid = st.PGID
 		return ok
 	}) {
 		t.Fatal("hang.sh did not start (no PID file)")
@@ -959,7 +960,7 @@ func TestTokenCommandHangs(t *testing.T) {
 	if elapsed > 5*time.Second {
 		t.Errorf("the client waited %s for a command with a 1s timeout", elapsed)
 	}
-	tokAssertGroupGone(t, pid, pgid)
+	testkit.AssertGroupGone(t, pid, pgid)
 	if !tokHasWarn(g.log.String(), want) {
 		t.Errorf("no WARN log line with %q", want)
 	}
@@ -969,72 +970,5 @@ func TestTokenCommandHangs(t *testing.T) {
 	_, _, err = tokSession(g, "tok_hang")
 	if !errors.As(err, &pgErr) || pgErr.Message != want {
 		t.Errorf("second client got %v, want %q", err, want)
-	}
-}
-
-type tokProcStat struct {
-	comm  string
-	state byte
-	ppid  int
-	pgid  int
-}
-
-// tokReadStat parses /proc/<pid>/stat; ok is false if the process is gone.
-// (As token/command_test.go does.)
-func tokReadStat(pid int) (st tokProcStat, ok bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return st, false
-	}
-	s := string(data)
-	open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if open < 0 || closing < open {
-		return st, false
-	}
-	st.comm = s[open+1 : closing]
-	fields := strings.Fields(s[closing+1:])
-	if len(fields) < 3 {
-		return st, false
-	}
-	st.state = fields[0][0]
-	st.ppid, _ = strconv.Atoi(fields[1])
-	st.pgid, _ = strconv.Atoi(fields[2])
-	return st, true
-}
-
-// tokAssertGroupGone checks that pid and every process of group pgid are
-// gone (dead orphans that are not our children are init's to reap).
-func tokAssertGroupGone(t *testing.T, pid, pgid int) {
-	t.Helper()
-	var left []string
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		left = left[:0]
-		if st, ok := tokReadStat(pid); ok && (st.state != 'Z' || st.ppid == os.Getpid()) {
-			left = append(left, fmt.Sprintf("pid %d (%s, state %c)", pid, st.comm, st.state))
-		}
-		if st, ok := tokReadStat(pgid); ok && pgid != pid {
-			left = append(left, fmt.Sprintf("leader %d (%s, state %c)", pgid, st.comm, st.state))
-		}
-		entries, err := os.ReadDir("/proc")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range entries {
-			p, err := strconv.Atoi(e.Name())
-			if err != nil || p == pid || p == pgid {
-				continue
-			}
-			st, ok := tokReadStat(p)
-			if !ok || st.pgid != pgid || (st.state == 'Z' && st.ppid != os.Getpid()) {
-				continue
-			}
-			left = append(left, fmt.Sprintf("pid %d (%s, state %c)", p, st.comm, st.state))
-		}
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("process group %d survived: %s", pgid, strings.Join(left, ", "))
-		}
 	}
 }

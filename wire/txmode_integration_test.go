@@ -20,6 +20,7 @@ import (
 
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 	"github.com/querycop/querycop/wire"
 )
 
@@ -265,7 +266,7 @@ func TestTxManyClientsFewBackends(t *testing.T) {
 	g := txGateway(t, 10)
 
 	const clients, txs = 200, 10
-	var errs errorLog
+	var errs testkit.ErrorLog
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -282,7 +283,7 @@ func TestTxManyClientsFewBackends(t *testing.T) {
 			defer func() { <-sem }()
 			cc, err := g.dial(ctx, pgtest.UserSCRAM, pgtest.PassSCRAM)
 			if err != nil {
-				errs.add(fmt.Errorf("client %d connect: %w", i, err))
+				errs.Add(fmt.Errorf("client %d connect: %w", i, err))
 				return
 			}
 			conns[i] = cc
@@ -308,26 +309,26 @@ func TestTxManyClientsFewBackends(t *testing.T) {
 				// The transaction's first round trip attaches a backend.
 				pid, err := query(ctx, cc, "begin; select pg_backend_pid()")
 				if err != nil {
-					errs.add(fmt.Errorf("client %d pid: %w", id, err))
+					errs.Add(fmt.Errorf("client %d pid: %w", id, err))
 					return
 				}
 				ins, err := query(ctx, cc, fmt.Sprintf("insert into txtest_many values (%d, %d, pg_backend_pid()) returning pid", id, j))
 				if err != nil {
-					errs.add(fmt.Errorf("client %d insert: %w", id, err))
+					errs.Add(fmt.Errorf("client %d insert: %w", id, err))
 					return
 				}
 				if ins != pid {
-					errs.add(fmt.Errorf("client %d: transaction moved from backend %s to %s", id, pid, ins))
+					errs.Add(fmt.Errorf("client %d: transaction moved from backend %s to %s", id, pid, ins))
 				}
 				if _, err := query(ctx, cc, "commit"); err != nil {
-					errs.add(fmt.Errorf("client %d commit: %w", id, err))
+					errs.Add(fmt.Errorf("client %d commit: %w", id, err))
 					return
 				}
 				// A single statement outside a transaction.
 				want := fmt.Sprint(id*1000 + j)
 				got, err := query(ctx, cc, "select "+want)
 				if err != nil || got != want {
-					errs.add(fmt.Errorf("client %d: select %s = %q, %v", id, want, got, err))
+					errs.Add(fmt.Errorf("client %d: select %s = %q, %v", id, want, got, err))
 					return
 				}
 			}
@@ -335,7 +336,7 @@ func TestTxManyClientsFewBackends(t *testing.T) {
 	}
 	wg.Wait()
 	most, samples, sampleErr := stop()
-	if errs.count() > 0 {
+	if errs.Count() > 0 {
 		t.Errorf("clients failed: %s", errs.String())
 	}
 	if sampleErr != nil {
@@ -367,7 +368,7 @@ func TestTxPgxPreparedManyQueries(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
-	var errs errorLog
+	var errs testkit.ErrorLog
 	for i := 0; i < 30; i++ {
 		conn := pgxConnect(t, g, "")
 		wg.Add(1)
@@ -377,34 +378,34 @@ func TestTxPgxPreparedManyQueries(t *testing.T) {
 			for j := 0; j < 10; j++ {
 				var a int
 				if err := conn.QueryRow(ctx, own, j).Scan(&a); err != nil || a != j*(i+1) {
-					errs.add(fmt.Errorf("client %d %q(%d) = %d, %v", i, own, j, a, err))
+					errs.Add(fmt.Errorf("client %d %q(%d) = %d, %v", i, own, j, a, err))
 					return
 				}
 				var s string
 				if err := conn.QueryRow(ctx, "select $1::text || '-' || $2::int", fmt.Sprint("c", i), j).Scan(&s); err != nil || s != fmt.Sprintf("c%d-%d", i, j) {
-					errs.add(fmt.Errorf("client %d shared query = %q, %v", i, s, err))
+					errs.Add(fmt.Errorf("client %d shared query = %q, %v", i, s, err))
 					return
 				}
 				tx, err := conn.Begin(ctx)
 				if err != nil {
-					errs.add(err)
+					errs.Add(err)
 					return
 				}
 				var n int64
 				if err := tx.QueryRow(ctx, "select $1::bigint + $2::bigint", int64(i), int64(j)).Scan(&n); err != nil || n != int64(i+j) {
-					errs.add(fmt.Errorf("client %d in tx: %d, %v", i, n, err))
+					errs.Add(fmt.Errorf("client %d in tx: %d, %v", i, n, err))
 					tx.Rollback(ctx)
 					return
 				}
 				if err := tx.Commit(ctx); err != nil {
-					errs.add(err)
+					errs.Add(err)
 					return
 				}
 			}
 		}(i)
 	}
 	wg.Wait()
-	if errs.count() > 0 {
+	if errs.Count() > 0 {
 		t.Errorf("pgx clients failed: %s", errs.String())
 	}
 	st := g.srv.Stats()

@@ -1,0 +1,132 @@
+// Package testkit holds the small helpers several packages' tests share:
+// a log sink to assert on, an error tally for concurrent clients, and a
+// check that a process group is gone. Test code only.
+package testkit
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// LogBuffer collects log lines written from many goroutines.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// ErrorLog counts the errors of concurrent clients and keeps the first few.
+type ErrorLog struct {
+	mu    sync.Mutex
+	n     int
+	first []string
+}
+
+func (e *ErrorLog) Add(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.n++
+	if len(e.first) < 5 {
+		e.first = append(e.first, err.Error())
+	}
+}
+
+func (e *ErrorLog) Count() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.n
+}
+
+func (e *ErrorLog) String() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return fmt.Sprintf("%d errors, first: %q", e.n, e.first)
+}
+
+// ProcStat is what the tests need of /proc/<pid>/stat.
+type ProcStat struct {
+	Comm  string
+	State byte
+	PPID  int
+	PGID  int
+}
+
+// ReadProcStat parses /proc/<pid>/stat; ok is false if the process is gone.
+func ReadProcStat(pid int) (st ProcStat, ok bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return st, false
+	}
+	s := string(data)
+	// "pid (comm) state ppid pgrp ..."; comm may contain spaces and parens.
+	open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || closing < open {
+		return st, false
+	}
+	st.Comm = s[open+1 : closing]
+	fields := strings.Fields(s[closing+1:])
+	if len(fields) < 3 {
+		return st, false
+	}
+	st.State = fields[0][0]
+	st.PPID, _ = strconv.Atoi(fields[1])
+	st.PGID, _ = strconv.Atoi(fields[2])
+	return st, true
+}
+
+// AssertGroupGone fails t unless pid no longer exists and no process of
+// group pgid remains, polling briefly while the kernel tears them down. A
+// zombie whose parent is not this test process does not count: orphaned
+// grandchildren are init's to reap, which the code under test cannot do.
+func AssertGroupGone(t testing.TB, pid, pgid int) {
+	t.Helper()
+	var left []string
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		left = left[:0]
+		if st, ok := ReadProcStat(pid); ok && (st.State != 'Z' || st.PPID == os.Getpid()) {
+			left = append(left, fmt.Sprintf("pid %d (%s, state %c)", pid, st.Comm, st.State))
+		}
+		if st, ok := ReadProcStat(pgid); ok && pgid != pid {
+			// The group leader is the code's own child: reaped, not a zombie.
+			left = append(left, fmt.Sprintf("leader %d (%s, state %c)", pgid, st.Comm, st.State))
+		}
+		entries, err := os.ReadDir("/proc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			p, err := strconv.Atoi(e.Name())
+			if err != nil || p == pid || p == pgid {
+				continue
+			}
+			st, ok := ReadProcStat(p)
+			if !ok || st.PGID != pgid || (st.State == 'Z' && st.PPID != os.Getpid()) {
+				continue
+			}
+			left = append(left, fmt.Sprintf("pid %d (%s, state %c)", p, st.Comm, st.State))
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process group %d survived: %s", pgid, strings.Join(left, ", "))
+		}
+	}
+}
