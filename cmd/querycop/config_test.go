@@ -72,14 +72,6 @@ func osBundleOr(t *testing.T) string {
 	return cert
 }
 
-func environ(kv map[string]string) []string {
-	out := make([]string, 0, len(kv))
-	for k, v := range kv {
-		out = append(out, k+"="+v)
-	}
-	return out
-}
-
 func problemLines(err error) []string {
 	var out []string
 	for _, p := range flatten(err) {

@@ -58,14 +58,6 @@ func NewCA(dir, name string) (*CA, error) {
 	return ca, nil
 }
 
-// Pool returns a cert pool containing only this CA, for tls.Config.RootCAs
-// or ClientCAs.
-func (ca *CA) Pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
-	return p
-}
-
 // Issue writes <dir>/<name>.crt and <dir>/<name>.key: a leaf certificate
 // signed by the CA, usable for both server and client auth. Hosts that parse
 // as IP addresses become IP SANs, the others DNS SANs. The key file has mode

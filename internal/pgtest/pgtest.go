@@ -300,11 +300,6 @@ func (c *Cluster) ConnString(user, password, db string) string {
 		quote(c.Host), quote(strconv.Itoa(c.Port)), quote(user), quote(password), quote(db), quote("disable"))
 }
 
-// Addr returns "127.0.0.1:Port".
-func (c *Cluster) Addr() string {
-	return net.JoinHostPort(c.Host, strconv.Itoa(c.Port))
-}
-
 // startReaper starts a detached shell that waits for EOF on a pipe whose
 // only write end this process holds, then stops the server and removes Dir.
 // A deferred Stop in TestMain does not run when a test panics (the panic
