@@ -12,5 +12,5 @@ import (
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
-	pgtest.Main(m, pgtest.Options{}, &cluster)
+	pgtest.Main(m, pgtest.Options{TLS: true}, &cluster)
 }
