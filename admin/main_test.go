@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -324,24 +323,11 @@ func (g *gateway) mustDial(t *testing.T, user, password string) *pgconn.PgConn {
 	return c
 }
 
-// query runs sql (one or more statements) and returns the first column of
-// the first row of the last result with rows.
-func query(ctx context.Context, c *pgconn.PgConn, sql string) (string, error) {
-	res, err := c.Exec(ctx, sql).ReadAll()
-	if err != nil {
-		return "", err
-	}
-	out := ""
-	for _, r := range res {
-		if r.Err != nil {
-			return "", r.Err
-		}
-		if len(r.Rows) > 0 && len(r.Rows[0]) > 0 {
-			out = string(r.Rows[0][0])
-		}
-	}
-	return out, nil
-}
+// query and sqlState are the shared helpers, under the names these tests use.
+var (
+	query    = testkit.Query
+	sqlState = testkit.SQLState
+)
 
 func mustQuery(t *testing.T, c *pgconn.PgConn, sql string) string {
 	t.Helper()
@@ -352,14 +338,6 @@ func mustQuery(t *testing.T, c *pgconn.PgConn, sql string) string {
 		t.Fatalf("%s: %v", sql, err)
 	}
 	return v
-}
-
-func sqlState(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code
-	}
-	return ""
 }
 
 // observer is a superuser connection straight to c, over its Unix socket,

@@ -64,20 +64,7 @@ func fltSQL(c *pgtest.Cluster, sql string) (string, error) {
 		return "", err
 	}
 	defer conn.Close(context.Background())
-	res, err := conn.Exec(ctx, sql).ReadAll()
-	if err != nil {
-		return "", err
-	}
-	out := ""
-	for _, r := range res {
-		if r.Err != nil {
-			return "", r.Err
-		}
-		if len(r.Rows) > 0 && len(r.Rows[0]) > 0 {
-			out = string(r.Rows[0][0])
-		}
-	}
-	return out, nil
+	return testkit.Query(ctx, conn, sql)
 }
 
 func mustFltSQL(t *testing.T, c *pgtest.Cluster, sql string) string {

@@ -93,14 +93,8 @@ func waitIdle(t *testing.T, g *gateway, user string) {
 	})
 }
 
-// sqlState is the SQLSTATE of a server error, or "".
-func sqlState(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code
-	}
-	return ""
-}
+// sqlState is the shared helper, under the name these tests use.
+var sqlState = testkit.SQLState
 
 // observer is a direct connection to cluster c (not through any gateway),
 // for looking at pg_stat_activity.

@@ -5,6 +5,8 @@ package testkit
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -12,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // LogBuffer collects log lines written from many goroutines.
@@ -129,4 +133,32 @@ func AssertGroupGone(t testing.TB, pid, pgid int) {
 			t.Fatalf("process group %d survived: %s", pgid, strings.Join(left, ", "))
 		}
 	}
+}
+
+// Query runs sql (one or more statements) and returns the first column of
+// the first row of the last result that has rows.
+func Query(ctx context.Context, c *pgconn.PgConn, sql string) (string, error) {
+	res, err := c.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return "", err
+	}
+	out := ""
+	for _, r := range res {
+		if r.Err != nil {
+			return "", r.Err
+		}
+		if len(r.Rows) > 0 && len(r.Rows[0]) > 0 {
+			out = string(r.Rows[0][0])
+		}
+	}
+	return out, nil
+}
+
+// SQLState is the SQLSTATE of a server error, or "".
+func SQLState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
 }
