@@ -200,6 +200,12 @@ func (ss *session) armIdle() {
 	if cfg.ClientIdleTimeout <= 0 && cfg.IdleInTransactionTimeout <= 0 {
 		return
 	}
+	// Both sides call this: the client side before a read, the backend side
+	// on the last answer. Without the lock, the client side could read
+	// "a request is outstanding", the backend side arm the clock, and the
+	// client side then clear it, leaving an idle client with no deadline.
+	ss.idleMu.Lock()
+	defer ss.idleMu.Unlock()
 	timeout := cfg.ClientIdleTimeout
 	if tx := byte(ss.txStatus.Load()); tx == 'T' || tx == 'E' {
 		timeout = cfg.IdleInTransactionTimeout

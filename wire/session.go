@@ -54,6 +54,7 @@ type session struct {
 	txStatus    atomic.Uint32
 	outstanding atomic.Int64
 	idleUntil   atomic.Int64
+	idleMu      sync.Mutex // orders armIdle's check and deadline between the two sides
 
 	rc relayCounters
 
