@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 )
 
 // These tests run the real binary as a subprocess in front of the cluster
@@ -69,22 +69,7 @@ func querycopBinary(t *testing.T, c *pgtest.Cluster) string {
 }
 
 // lineBuffer collects the process's stderr.
-type lineBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lineBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lineBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type lineBuffer struct{ testkit.LogBuffer }
 
 // lines decodes the JSON log lines; a line that is not JSON fails the test.
 func (l *lineBuffer) lines(t *testing.T) []map[string]any {
