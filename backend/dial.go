@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/querycop/querycop/internal/sockio"
 	"github.com/querycop/querycop/token"
 )
 
@@ -205,6 +206,7 @@ func (d *Dialer) dialNet(ctx context.Context, network, addr string, policy tlsPo
 		_ = tcp.SetNoDelay(true)
 		_ = tcp.SetKeepAlive(true)
 	}
+	raw = sockio.Wrap(raw)
 	if policy == plainOnly || d.tls == nil {
 		return raw, false, nil
 	}

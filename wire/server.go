@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/internal/sockio"
 	"github.com/querycop/querycop/pool"
 )
 
@@ -133,7 +134,7 @@ func (s *Server) Serve() error {
 			_ = tcp.SetNoDelay(true)
 			_ = tcp.SetKeepAlive(true)
 		}
-		ss := s.newSession(conn)
+		ss := s.newSession(sockio.Wrap(conn))
 		s.sessions.Add(1)
 		go func() {
 			defer s.sessions.Done()
@@ -189,9 +190,9 @@ func (s *Server) newSession(conn net.Conn) *session {
 		srv:   s,
 		conn:  conn,
 		since: time.Now(),
-		log:   s.log.With().Uint64("conn_id", id).Str("client", conn.RemoteAddr().String()).Logger(),
 		view:  ClientInfo{ID: id, Address: conn.RemoteAddr().String(), State: "login", ConnectedSince: time.Now()},
 	}
+	ss.setLog(s.log.With().Uint64("conn_id", id).Str("client", conn.RemoteAddr().String()).Logger())
 	s.mu.Lock()
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()
