@@ -56,6 +56,17 @@ const cancelRequestCode = 80877102
 // connection that follows the same TLS rules as c itself. As with libpq,
 // success only means the request was delivered.
 func (c *Conn) Cancel(ctx context.Context) error {
+	_, err := c.CancelIf(ctx, nil)
+	return err
+}
+
+// CancelIf is Cancel, except that once the new connection is open it asks
+// wanted (when not nil) whether the request still applies, and sends
+// nothing when it does not. A pooled connection can move to another client
+// while the cancel connection is being opened; the later the check, the
+// smaller the chance of cancelling that client's query instead. sent says
+// whether the request went out.
+func (c *Conn) CancelIf(ctx context.Context, wanted func() bool) (sent bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.dialer.cfg.ConnectTimeout)
 	defer cancel()
 	policy := plainOnly
@@ -65,7 +76,7 @@ func (c *Conn) Cancel(ctx context.Context) error {
 	addr := net.JoinHostPort(c.dialer.cfg.Host, portString(c.dialer.cfg.Port))
 	conn, _, err := c.dialer.dialNet(ctx, "tcp", addr, policy)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer conn.Close()
 	if deadline, ok := ctx.Deadline(); ok {
@@ -76,13 +87,16 @@ func (c *Conn) Cancel(ctx context.Context) error {
 	binary.BigEndian.PutUint32(msg[4:8], cancelRequestCode)
 	binary.BigEndian.PutUint32(msg[8:12], c.pid)
 	msg = append(msg, c.secretKey...)
+	if wanted != nil && !wanted() {
+		return false, nil
+	}
 	if _, err := conn.Write(msg); err != nil {
-		return err
+		return false, err
 	}
 	// The server closes the connection once it has read the request; waiting
 	// for that keeps the cancel ordered before whatever the caller does next.
 	_, _ = io.Copy(io.Discard, conn)
-	return nil
+	return true, nil
 }
 
 // terminate is the Terminate message: 'X' and a length of 4.

@@ -17,10 +17,15 @@ type Lease struct {
 	res  *puddle.Resource[*conn]
 	from *puddle.Pool[*conn]
 	pool *Pool
+	// conn is res's value, kept here because other goroutines (a cancel
+	// request, shutdown) may look at a lease while its session releases
+	// it, and puddle's Value must not be called once a resource is back.
+	conn *conn
 }
 
-// Conn is the leased connection.
-func (l *Lease) Conn() *backend.Conn { return l.res.Value().Conn }
+// Conn is the leased connection. It stays valid after Release (the
+// connection may by then serve someone else).
+func (l *Lease) Conn() *backend.Conn { return l.conn.Conn }
 
 // ReleaseState is what the relay knows about the connection when the
 // session let go of it.
@@ -48,7 +53,7 @@ type ReleaseState struct {
 func (l *Lease) Release(st ReleaseState) {
 	defer l.pool.lim.release()
 	pl := l.pool
-	c := l.res.Value()
+	c := l.conn
 	switch {
 	case st.Broken:
 		if st.Busy {

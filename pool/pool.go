@@ -465,7 +465,7 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 			continue
 		}
 		pl.stats.acquired(time.Since(start))
-		return &Lease{res: res, from: from, pool: pl}, nil
+		return &Lease{res: res, from: from, pool: pl, conn: c}, nil
 	}
 }
 

@@ -35,12 +35,15 @@ var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); ret
 
 // session is one client connection, from accept to close.
 type session struct {
-	srv   *Server
-	conn  net.Conn
-	log   zerolog.Logger
-	since time.Time
-	key   cancelKey
-	tls   bool
+	srv  *Server
+	conn net.Conn
+	// log is the session goroutine's own; other goroutines (shutdown,
+	// cancel forwarding) use sharedLog, which setLog keeps in step.
+	log       zerolog.Logger
+	logShared atomic.Pointer[zerolog.Logger]
+	since     time.Time
+	key       cancelKey
+	tls       bool
 
 	lease   atomic.Pointer[pool.Lease] // the attached backend, for cancel
 	writeMu sync.Mutex                 // client writes: relay vs. kill
@@ -105,7 +108,7 @@ func (ss *session) run() {
 		ss.failStartup(err)
 		return
 	}
-	ss.log = ss.log.With().Str("user", params.User).Str("db", params.Database).Logger()
+	ss.setLog(ss.log.With().Str("user", params.User).Str("db", params.Database).Logger())
 	ss.setView(func(v *ClientInfo) { v.User, v.Database, v.TLS = params.User, params.Database, ss.tls })
 	if ss.srv.cfg.ClientTLS == ClientTLSRequire && !ss.tls {
 		ss.failStartup(&clientError{fatal(codeInvalidAuthorization,
@@ -224,7 +227,7 @@ func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte
 		return reasonOf(err)
 	}
 	back := lease.Conn()
-	ss.log = ss.log.With().Uint32("backend_pid", back.PID()).Logger()
+	ss.setLog(ss.log.With().Uint32("backend_pid", back.PID()).Logger())
 	if q := setQuery(settings); q != "" {
 		ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
 		_, err := back.Exec(ctx, q)
@@ -499,11 +502,33 @@ func (ss *session) forwardCancel(body []byte) {
 	}
 	ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
 	defer cancel()
-	if err := lease.Conn().Cancel(ctx); err != nil {
-		target.log.Warn().Err(err).Msg("forwarding cancel request failed")
-		return
+	// In transaction mode the backend goes back to the pool when the
+	// transaction ends; by the time the cancel connection is open it may
+	// be running another client's query, which must not be cancelled.
+	sent, err := lease.Conn().CancelIf(ctx, func() bool { return target.lease.Load() == lease })
+	switch {
+	case err != nil:
+		target.sharedLog().Warn().Err(err).Msg("forwarding cancel request failed")
+	case !sent:
+		target.sharedLog().Debug().Msg("cancel request not forwarded: the client no longer holds that backend")
+	default:
+		target.sharedLog().Info().Msg("cancel request forwarded")
 	}
-	target.log.Info().Msg("cancel request forwarded")
+}
+
+// setLog replaces the session's logger, for its own goroutine and for
+// the others.
+func (ss *session) setLog(l zerolog.Logger) {
+	ss.log = l
+	ss.logShared.Store(&l)
+}
+
+// sharedLog is the session's logger for goroutines other than its own.
+func (ss *session) sharedLog() *zerolog.Logger {
+	if l := ss.logShared.Load(); l != nil {
+		return l
+	}
+	return &ss.srv.log
 }
 
 // kill ends a session from outside (shutdown): the client gets resp, and
@@ -512,7 +537,7 @@ func (ss *session) kill(resp *pgproto3.ErrorResponse, reason string) {
 	if !ss.killed.CompareAndSwap(false, true) {
 		return
 	}
-	ss.log.Info().Str("reason", reason).Msg("closing client")
+	ss.sharedLog().Info().Str("reason", reason).Msg("closing client")
 	ss.send(resp)
 	_ = ss.conn.SetReadDeadline(time.Now())
 	if lease := ss.lease.Load(); lease != nil {
