@@ -109,7 +109,21 @@ type attachment struct {
 	// server statement and is rewritten to name the client's.
 	dupNames map[string]string
 	detached bool
-	done     chan error
+
+	// The backend side. Its reader state lives here because it runs in
+	// one of two places: on the client's goroutine, which waits for the
+	// answers itself after sending requests that all end in a Sync or a
+	// Query (the common case: no goroutine per transaction), or on a
+	// goroutine of its own (pumping), started the first time the client
+	// side has to read the client while the backend may still speak.
+	rbuf, obuf *[]byte
+	hold       []byte
+	holdArr    [64]byte
+	need       int  // body bytes still to forward of a streamed message
+	copyIn     bool // the server waits for the client's CopyData
+	pumping    bool
+	done       chan error // the pumping goroutine's end
+	endErr     error      // how the inline backend side ended, when it did
 }
 
 // txSession is a client session in transaction mode.
@@ -202,6 +216,9 @@ func (tx *txSession) serve(first []byte) string {
 		}
 		// Make room for the rest of the next message.
 		if r == w {
+			if reason := tx.answerInline(); reason != "" {
+				return reason
+			}
 			r, w = 0, 0
 			if tx.detachedNow() {
 				return "" // between transactions: wait with a small stack
@@ -225,6 +242,7 @@ func (tx *txSession) serve(first []byte) string {
 				buf = grown
 			}
 		}
+		tx.startPump()
 		ss.armIdle()
 		n, err := ss.conn.Read(buf[w:])
 		w += n
@@ -488,14 +506,106 @@ func (tx *txSession) attach() (*attachment, error) {
 		state.settingsFP = tx.fp
 	}
 	att := &attachment{lease: lease, conn: conn.NetConn(), state: state, since: time.Now(),
-		txStatus: 'I', lastSettled: true, done: make(chan error, 1)}
+		txStatus: 'I', lastSettled: true,
+		rbuf: relayBufs.Get().(*[]byte), obuf: relayBufs.Get().(*[]byte)}
+	att.hold = att.holdArr[:0]
 	tx.mu.Lock()
 	tx.att = att
 	tx.mu.Unlock()
 	ss.lease.Store(lease)
 	ss.rc.transactions.Add(1)
-	go func() { att.done <- tx.pumpBackend(att) }()
 	return att, nil
+}
+
+// startPump gives the attachment's backend side a goroutine of its own,
+// before the client side blocks reading the client: from then on the
+// backend is relayed as it speaks (results of an unsynced Flush, COPY,
+// notices and errors while the client is idle in a transaction).
+func (tx *txSession) startPump() {
+	tx.mu.Lock()
+	att := tx.att
+	start := att != nil && !att.pumping
+	if start {
+		att.pumping = true
+		att.done = make(chan error, 1)
+	}
+	tx.mu.Unlock()
+	if start {
+		go func() { att.done <- tx.pumpBackend(att) }()
+	}
+}
+
+// inlineWait bounds how long the client side waits for answers on its own
+// goroutine before it hands the backend side to a goroutine and goes back
+// to watching the client: a client that disconnects during a long query
+// is noticed (and its query cancelled) at most this late.
+const inlineWait = 10 * time.Millisecond
+
+// answerInline waits, on the client's goroutine, for the answers to the
+// requests just sent when they all end in a Sync, Query or FunctionCall:
+// the client is then waiting too, and a second goroutine would only add
+// a hand-off per transaction. It stops when the transaction ends (the
+// backend goes back to the pool), when everything is answered inside a
+// transaction, when the server waits for COPY data, or after inlineWait;
+// it returns the reason the session must end, or "".
+func (tx *txSession) answerInline() string {
+	tx.mu.Lock()
+	att := tx.att
+	wait := att != nil && !att.pumping && att.lastSettled && att.sent > att.answered
+	tx.mu.Unlock()
+	if !wait {
+		return ""
+	}
+	_ = att.conn.SetReadDeadline(time.Now().Add(inlineWait))
+	for {
+		n, rerr := att.conn.Read(*att.rbuf)
+		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
+		if err == nil && detach {
+			_ = att.conn.SetReadDeadline(time.Time{})
+			tx.endAttachment(att, leftover)
+			return ""
+		}
+		if err == nil && rerr != nil {
+			if ne, ok := rerr.(net.Error); ok && ne.Timeout() && !tx.ss.killed.Load() {
+				break // slow: the backend side gets a goroutine
+			}
+			err = rerr
+		}
+		if err != nil {
+			att.endErr = err
+			var cw *clientWriteError
+			switch {
+			case tx.ss.killed.Load():
+				return "shutdown"
+			case errors.As(err, &cw):
+				return "client-gone"
+			default:
+				return "backend-gone"
+			}
+		}
+		tx.mu.Lock()
+		more := att.sent > att.answered && !att.copyIn
+		tx.mu.Unlock()
+		if !more {
+			break
+		}
+	}
+	_ = att.conn.SetReadDeadline(time.Time{})
+	return ""
+}
+
+// endAttachment returns a detached backend to the pool: as it is, unless
+// the server said something after the transaction's last answer, which
+// leaves it in an unknown state.
+func (tx *txSession) endAttachment(att *attachment, leftover bool) {
+	if leftover {
+		att.lease.Release(pool.ReleaseState{Broken: true})
+	} else {
+		tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
+		att.lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
+	}
+	relayBufs.Put(att.rbuf)
+	relayBufs.Put(att.obuf)
 }
 
 // settingsError is a client setting the server refused when it was applied
@@ -528,112 +638,112 @@ func (tx *txSession) canDetachLocked(att *attachment) bool {
 	return !att.detached && att.sent == att.answered && att.lastSettled && att.txStatus == 'I'
 }
 
-// pumpBackend forwards the backend's messages to the client for one
-// attachment, and ends it when the transaction is over.
+// pumpBackend relays the backend to the client for the rest of one
+// attachment, on a goroutine of its own, and ends it when the transaction
+// is over.
 func (tx *txSession) pumpBackend(att *attachment) error {
-	ss := tx.ss
-	bufp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bufp)
-	buf := *bufp
-	var out []byte
-	// hold keeps a message whose header or body is split across reads when
-	// the backend side must see it whole (it may drop or rewrite it).
-	hold := make([]byte, 0, 64)
-	need := 0 // body bytes still to forward of a streamed message
 	for {
-		n, err := att.conn.Read(buf)
-		p := buf[:n]
-		out = out[:0]
-		detach := false
-		for len(p) > 0 && !detach {
-			if need > 0 {
-				k := min(need, len(p))
-				out = append(out, p[:k]...)
-				need -= k
-				p = p[k:]
-				continue
-			}
-			// Assemble a header (and, for the few messages acted on, the
-			// whole message).
-			if len(hold) < 5 {
-				k := min(5-len(hold), len(p))
-				hold = append(hold, p[:k]...)
-				p = p[k:]
-				if len(hold) < 5 {
-					break
-				}
-			}
-			typ := hold[0]
-			length := int(binary.BigEndian.Uint32(hold[1:5]))
-			if length < 4 || length > maxFrameLen {
-				return errBadFrame
-			}
-			if typ == '1' || typ == '3' || typ == 'Z' || (typ == 'E' && length < 1<<16 && tx.rewritesErrors(att)) {
-				whole := 1 + length
-				if (typ != 'E' && whole > 6) || whole < len(hold) {
-					return errBadFrame
-				}
-				k := min(whole-len(hold), len(p))
-				hold = append(hold, p[:k]...)
-				p = p[k:]
-				if len(hold) < whole {
-					break
-				}
-				msg := hold
-				hold = hold[:0]
-				if typ == 'E' {
-					out = append(out, tx.rewriteError(att, msg)...)
-					ss.rc.msgsOut.Add(1)
-					continue
-				}
-				keep, end := tx.onReply(att, typ, msg[5:])
-				if keep {
-					out = append(out, msg...)
-				}
-				ss.rc.msgsOut.Add(1)
-				detach = end
-				continue
-			}
-			// Streamed message: forward the header, then the body as it comes.
-			out = append(out, hold[:5]...)
-			hold = hold[:0]
-			need = length - 4
-			if typ == 'E' {
-				tx.mu.Lock()
-				att.errInBatch = true
-				tx.mu.Unlock()
-			}
-			ss.rc.msgsOut.Add(1)
-		}
-		if len(out) > 0 {
-			ss.writeMu.Lock()
-			_, werr := ss.conn.Write(out)
-			ss.writeMu.Unlock()
-			ss.rc.bytesOut.Add(int64(len(out)))
-			if werr != nil {
-				// The client is gone: unblock the client side, which may be
-				// reading it or writing to this backend (stalled because
-				// its results were no longer relayed).
-				_ = ss.conn.SetReadDeadline(time.Now())
-				_ = att.conn.SetWriteDeadline(time.Now())
-				return &clientWriteError{werr}
-			}
-		}
-		if detach {
-			if len(p) > 0 {
-				// The server spoke after the transaction's last answer; the
-				// connection is not in a known state.
-				att.lease.Release(pool.ReleaseState{Broken: true})
-			} else {
-				ss.rc.heldNanos.Add(int64(time.Since(att.since)))
-				att.lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
-			}
-			return nil
-		}
+		n, rerr := att.conn.Read(*att.rbuf)
+		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
 		if err != nil {
 			return err
 		}
+		if detach {
+			tx.endAttachment(att, leftover)
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
 	}
+}
+
+// consume forwards p, just read from the backend, to the client, acting on
+// the replies the gateway tracks. It reports whether the attachment ended
+// with it, and whether the server sent anything after that end.
+func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, err error) {
+	ss := tx.ss
+	out := (*att.obuf)[:0]
+	for len(p) > 0 && !detach {
+		if att.need > 0 {
+			k := min(att.need, len(p))
+			out = append(out, p[:k]...)
+			att.need -= k
+			p = p[k:]
+			continue
+		}
+		// Assemble a header (and, for the few messages acted on, the
+		// whole message).
+		if len(att.hold) < 5 {
+			k := min(5-len(att.hold), len(p))
+			att.hold = append(att.hold, p[:k]...)
+			p = p[k:]
+			if len(att.hold) < 5 {
+				break
+			}
+		}
+		typ := att.hold[0]
+		length := int(binary.BigEndian.Uint32(att.hold[1:5]))
+		if length < 4 || length > maxFrameLen {
+			return false, false, errBadFrame
+		}
+		if typ == '1' || typ == '3' || typ == 'Z' || (typ == 'E' && length < 1<<16 && tx.rewritesErrors(att)) {
+			whole := 1 + length
+			if (typ != 'E' && whole > 6) || whole < len(att.hold) {
+				return false, false, errBadFrame
+			}
+			k := min(whole-len(att.hold), len(p))
+			att.hold = append(att.hold, p[:k]...)
+			p = p[k:]
+			if len(att.hold) < whole {
+				break
+			}
+			msg := att.hold
+			att.hold = att.holdArr[:0]
+			if typ == 'E' {
+				out = append(out, tx.rewriteError(att, msg)...)
+				ss.rc.msgsOut.Add(1)
+				continue
+			}
+			keep, end := tx.onReply(att, typ, msg[5:])
+			if keep {
+				out = append(out, msg...)
+			}
+			ss.rc.msgsOut.Add(1)
+			detach = end
+			continue
+		}
+		// Streamed message: forward the header, then the body as it comes.
+		out = append(out, att.hold[:5]...)
+		att.hold = att.holdArr[:0]
+		att.need = length - 4
+		switch typ {
+		case 'E':
+			tx.mu.Lock()
+			att.errInBatch = true
+			tx.mu.Unlock()
+		case 'G', 'W':
+			tx.mu.Lock()
+			att.copyIn = true
+			tx.mu.Unlock()
+		}
+		ss.rc.msgsOut.Add(1)
+	}
+	if len(out) > 0 {
+		ss.writeMu.Lock()
+		_, werr := ss.conn.Write(out)
+		ss.writeMu.Unlock()
+		ss.rc.bytesOut.Add(int64(len(out)))
+		if werr != nil {
+			// The client is gone: unblock the client side, which may be
+			// reading it or writing to this backend (stalled because
+			// its results were no longer relayed).
+			_ = ss.conn.SetReadDeadline(time.Now())
+			_ = att.conn.SetWriteDeadline(time.Now())
+			return false, false, &clientWriteError{werr}
+		}
+	}
+	return detach, len(p) > 0, nil
 }
 
 // onReply updates the attachment for a ParseComplete, CloseComplete or
@@ -757,14 +867,24 @@ func (tx *txSession) applySetLocked(att *attachment, set *setCommand) {
 
 // finish ends the attachment of a client that is leaving.
 func (tx *txSession) finish(att *attachment, reason string) {
-	_ = att.conn.SetReadDeadline(time.Now())
-	err := <-att.done
+	tx.mu.Lock()
+	pumping := att.pumping
+	tx.mu.Unlock()
+	err := att.endErr
+	if pumping {
+		_ = att.conn.SetReadDeadline(time.Now())
+		err = <-att.done
+	}
 	_ = att.conn.SetReadDeadline(time.Time{})
 	_ = att.conn.SetWriteDeadline(time.Time{})
 	tx.ss.lease.Store(nil)
 	if att.detached {
 		return // released by the backend side
 	}
+	defer func() {
+		relayBufs.Put(att.rbuf)
+		relayBufs.Put(att.obuf)
+	}()
 	var cw *clientWriteError
 	var ne net.Error
 	backendFailed := err != nil && !errors.As(err, &cw) && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, io.EOF)
