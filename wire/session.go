@@ -151,11 +151,7 @@ func (ss *session) run() {
 // and that one are all its stack holds (start-up grew the first
 // goroutine's stack with TLS, SCRAM and logging).
 func (ss *session) afterStartup(pl *pool.Pool, settings []startupSetting) {
-	var first []byte
-	var err error
-	if ss.srv.cfg.PoolMode != TransactionMode {
-		first, err = ss.awaitFirst()
-	}
+	first, err := ss.awaitFirst()
 	ss.finish(pl, settings, first, err)
 }
 
@@ -168,7 +164,7 @@ func (ss *session) finish(pl *pool.Pool, settings []startupSetting, first []byte
 	var reason string
 	switch {
 	case ss.srv.cfg.PoolMode == TransactionMode:
-		reason = ss.serveTransactions(pl, settings)
+		reason = ss.serveTransactions(pl, settings, first, readErr)
 	case len(first) == 0:
 		reason = ss.firstReadFailed(readErr)
 	case first[0] == 'X':

@@ -138,7 +138,9 @@ type txSession struct {
 	fp       string
 }
 
-func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting) string {
+// first and firstErr are the client's first read, made in afterStartup's
+// shallow frame.
+func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, first []byte, firstErr error) string {
 	tx := &txSession{ss: ss, pl: pl, stmts: map[string]*clientStmt{}, settings: map[string]string{}}
 	for _, st := range startup {
 		tx.settings[lowerASCII(st.name)] = setQuery([]startupSetting{st})
@@ -148,14 +150,14 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting) st
 	// stack is all an idle client holds.
 	var reason string
 	for {
-		first, err := ss.awaitFirst()
 		if len(first) == 0 {
-			reason = ss.firstReadFailed(err)
+			reason = ss.firstReadFailed(firstErr)
 			break
 		}
 		if reason = tx.serve(first); reason != "" {
 			break
 		}
+		first, firstErr = ss.awaitFirst()
 	}
 	tx.mu.Lock()
 	att := tx.att
