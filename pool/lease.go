@@ -76,21 +76,8 @@ func (l *Lease) Release(st ReleaseState) {
 		pl.destroy(l.res, "client-gone")
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
-	defer cancel()
-	if st.TxStatus == 'T' || st.TxStatus == 'E' {
-		if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
-			pl.destroy(l.res, "reset-failed")
-			return
-		}
-		pl.stats.rollbacks.Add(1)
-	}
-	if q := pl.ps.cfg.ResetQuery; q != "" && !st.KeepState {
-		if tx, err := c.Exec(ctx, q); err != nil || tx != 'I' {
-			pl.log.Warn().Uint32("backend_pid", c.PID()).AnErr("error", err).Msg("reset query failed; closing the connection (check GATEKEEPER_POOL_RESET_QUERY)")
-			pl.destroy(l.res, "reset-failed")
-			return
-		}
+	if !l.reset(st) {
+		return
 	}
 	if c.retired(time.Now()) {
 		pl.destroy(l.res, "lifetime")
@@ -107,4 +94,37 @@ func (l *Lease) Release(st ReleaseState) {
 		return
 	}
 	l.res.Release()
+}
+
+// reset rolls back a transaction left open and runs the reset query; false
+// when the connection was closed instead.
+func (l *Lease) reset(st ReleaseState) bool {
+	pl, c := l.pool, l.conn
+	rollback := st.TxStatus == 'T' || st.TxStatus == 'E'
+	q := pl.ps.cfg.ResetQuery
+	if st.KeepState {
+		q = ""
+	}
+	if !rollback && q == "" {
+		// Nothing to run, so no deadline to arm: in transaction mode this
+		// is most releases, one per transaction.
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
+	defer cancel()
+	if rollback {
+		if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
+			pl.destroy(l.res, "reset-failed")
+			return false
+		}
+		pl.stats.rollbacks.Add(1)
+	}
+	if q != "" {
+		if tx, err := c.Exec(ctx, q); err != nil || tx != 'I' {
+			pl.log.Warn().Uint32("backend_pid", c.PID()).AnErr("error", err).Msg("reset query failed; closing the connection (check GATEKEEPER_POOL_RESET_QUERY)")
+			pl.destroy(l.res, "reset-failed")
+			return false
+		}
+	}
+	return true
 }

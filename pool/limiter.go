@@ -17,6 +17,17 @@ type limiter struct {
 	waiters []chan struct{}
 }
 
+// tryAcquire takes a slot if one is free now, without waiting.
+func (l *limiter) tryAcquire() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.paused && l.held < l.size && len(l.waiters) == 0 {
+		l.held++
+		return true
+	}
+	return false
+}
+
 // acquire waits until a slot is free and the pool is not paused, or ctx
 // ends.
 func (l *limiter) acquire(ctx context.Context) error {

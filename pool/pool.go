@@ -421,14 +421,22 @@ func (e *AcquireTimeoutError) Error() string {
 // Connections found dead or past their retirement are replaced without the
 // caller seeing it.
 func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
-	ctx, cancel := context.WithTimeout(ctx, pl.ps.cfg.AcquireTimeout)
-	defer cancel()
 	start := time.Now()
-	if err := pl.lim.acquire(ctx); err != nil {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, pl.timeoutError()
+	deadline := start.Add(pl.ps.cfg.AcquireTimeout)
+	// The acquire timeout bounds waiting for a full or paused pool. Most
+	// acquires find a free slot at once and need no timer (in transaction
+	// mode this runs for every transaction): what is left, an idle
+	// connection or a dial, is bounded by the connect timeout.
+	if !pl.lim.tryAcquire() {
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		err := pl.lim.acquire(wctx)
+		cancel()
+		if err != nil {
+			if errors.Is(wctx.Err(), context.DeadlineExceeded) {
+				return nil, pl.timeoutError()
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	for {
 		from := pl.res.Load()
@@ -439,17 +447,21 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		if err != nil && transient(err) && pl.total() > 0 && ctx.Err() == nil {
 			// The server is slow to take new connections but this pool has
 			// some: wait for one of them rather than fail the client.
-			select {
-			case <-time.After(50 * time.Millisecond):
-				continue
-			case <-ctx.Done():
+			if wait := time.Until(deadline); wait > 0 {
+				t := time.NewTimer(min(wait, 50*time.Millisecond))
+				select {
+				case <-t.C:
+					continue
+				case <-ctx.Done():
+					t.Stop()
+				}
 			}
 		}
 		if err != nil {
 			pl.lim.release()
 			// Our own deadline, not one inside the error: a token command
 			// that timed out wraps context.DeadlineExceeded too.
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			if ctx.Err() == nil && !time.Now().Before(deadline) {
 				return nil, pl.timeoutError()
 			}
 			return nil, err
