@@ -10,26 +10,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/querycop/querycop/internal/sockio"
+	"github.com/querycop/querycop/internal/testkit"
 )
-
-// loopbackPair returns the two ends of a TCP connection on 127.0.0.1.
-func loopbackPair(tb testing.TB) (net.Conn, net.Conn) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	dialed, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return dialed, <-accepted
-}
 
 // relayRig is a session relaying between an application and a fake
 // server over loopback TCP both ways, the gateway's ends wrapped as the
@@ -42,8 +24,8 @@ type relayRig struct {
 }
 
 func newRelayRig(tb testing.TB, size int) *relayRig {
-	app, clientSide := loopbackPair(tb)
-	backSide, server := loopbackPair(tb)
+	app, clientSide := testkit.LoopbackPair(tb)
+	backSide, server := testkit.LoopbackPair(tb)
 	ss := &session{srv: &Server{}, conn: sockio.Wrap(clientSide), log: zerolog.Nop()}
 	r := &relayRig{app: app, server: server, msg: make([]byte, size), got: make([]byte, size), done: make(chan struct{})}
 	go func() {

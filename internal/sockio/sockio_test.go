@@ -11,36 +11,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/querycop/querycop/internal/testkit"
 )
 
 // pair returns a wrapped client side and the plain server side of a
 // loopback TCP connection.
 func pair(t *testing.T) (wrapped, peer net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			accepted <- nil
-			return
-		}
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer = <-accepted
-	if peer == nil {
-		t.Fatal("accept failed")
-	}
+	c, peer := testkit.LoopbackPair(t)
 	wrapped = Wrap(c)
-	t.Cleanup(func() { wrapped.Close(); peer.Close() })
+	t.Cleanup(func() { wrapped.Close() })
 	return wrapped, peer
 }
 
@@ -134,17 +114,26 @@ func TestReadDeadline(t *testing.T) {
 	}
 	// A deadline in the past unblocks a reader already waiting.
 	w.SetReadDeadline(time.Time{})
+	err = unblockedRead(t, w, func() { w.SetReadDeadline(time.Now()) })
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read unblocked by a deadline in the past = %v", err)
+	}
+}
+
+// unblockedRead starts a read on w that has nothing to read, calls unblock
+// once the read waits, and returns the read's error.
+func unblockedRead(t *testing.T, w net.Conn, unblock func()) error {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { _, err := w.Read(make([]byte, 8)); done <- err }()
 	time.Sleep(50 * time.Millisecond)
-	w.SetReadDeadline(time.Now())
+	unblock()
 	select {
 	case err := <-done:
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("unblocked read = %v", err)
-		}
+		return err
 	case <-time.After(5 * time.Second):
-		t.Fatal("a deadline in the past did not unblock the reader")
+		t.Fatal("the waiting read was not unblocked")
+		return nil
 	}
 }
 
@@ -162,17 +151,8 @@ func TestWriteDeadline(t *testing.T) {
 
 func TestCloseUnblocksReader(t *testing.T) {
 	w, _ := pair(t)
-	done := make(chan error, 1)
-	go func() { _, err := w.Read(make([]byte, 8)); done <- err }()
-	time.Sleep(50 * time.Millisecond)
-	w.Close()
-	select {
-	case err := <-done:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Fatalf("read on a closed connection = %v; want net.ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not unblock the reader")
+	if err := unblockedRead(t, w, func() { w.Close() }); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read on a closed connection = %v; want net.ErrClosed", err)
 	}
 }
 

@@ -1,6 +1,6 @@
 // Package testkit holds the small helpers several packages' tests share:
-// a log sink to assert on, an error tally for concurrent clients, and a
-// check that a process group is gone. Test code only.
+// a log sink to assert on, an error tally for concurrent clients, a check
+// that a process group is gone, and a loopback TCP pair. Test code only.
 package testkit
 
 import (
@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -161,4 +162,35 @@ func SQLState(err error) string {
 		return pgErr.Code
 	}
 	return ""
+}
+
+// LoopbackPair returns the two ends of a TCP connection on 127.0.0.1: the
+// dialled end first, then the accepted one. Both are closed when the test
+// ends.
+func LoopbackPair(tb testing.TB) (dialed, accepted net.Conn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		got <- c
+	}()
+	dialed, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	accepted = <-got
+	if accepted == nil {
+		dialed.Close()
+		tb.Fatal("accepting the loopback connection failed")
+	}
+	tb.Cleanup(func() {
+		dialed.Close()
+		accepted.Close()
+	})
+	return dialed, accepted
 }
