@@ -562,9 +562,13 @@ func (tx *txSession) answerInline() string {
 	for {
 		n, rerr := att.conn.Read(*att.rbuf)
 		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
-		if err == nil && detach {
+		if detach {
 			_ = att.conn.SetReadDeadline(time.Time{})
+			_ = att.conn.SetWriteDeadline(time.Time{})
 			tx.endAttachment(att, leftover)
+			if err != nil {
+				return "client-gone" // the only error consume reports with detach
+			}
 			return ""
 		}
 		if err == nil && rerr != nil {
@@ -647,12 +651,13 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 	for {
 		n, rerr := att.conn.Read(*att.rbuf)
 		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
-		if err != nil {
+		if detach {
+			_ = att.conn.SetWriteDeadline(time.Time{})
+			tx.endAttachment(att, leftover)
 			return err
 		}
-		if detach {
-			tx.endAttachment(att, leftover)
-			return nil
+		if err != nil {
+			return err
 		}
 		if rerr != nil {
 			return rerr
@@ -662,7 +667,9 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 
 // consume forwards p, just read from the backend, to the client, acting on
 // the replies the gateway tracks. It reports whether the attachment ended
-// with it, and whether the server sent anything after that end.
+// with it (then the caller releases the backend, even when err says the
+// client could not be written to), and whether the server sent anything
+// after that end.
 func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, err error) {
 	ss := tx.ss
 	out := (*att.obuf)[:0]
@@ -742,7 +749,9 @@ func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, 
 			// its results were no longer relayed).
 			_ = ss.conn.SetReadDeadline(time.Now())
 			_ = att.conn.SetWriteDeadline(time.Now())
-			return false, false, &clientWriteError{werr}
+			// If the transaction's last answer is in out, the backend is
+			// already detached and only the caller can release it.
+			return detach, len(p) > 0, &clientWriteError{werr}
 		}
 	}
 	return detach, len(p) > 0, nil

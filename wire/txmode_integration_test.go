@@ -914,6 +914,39 @@ func TestTxDisconnectMidTransaction(t *testing.T) {
 	})
 }
 
+// A client that vanishes while its query runs, without a cancel request
+// (a raw client; libpq and pgx send one when they close mid-query): the
+// gateway waits for the answer on the client's goroutine only briefly,
+// then watches the client again, so the query is cancelled well before it
+// would have ended and the only backend serves the next client.
+func TestTxDisconnectDuringQuery(t *testing.T) {
+	c := pgtest.Require(t)
+	obs := observer(t, c)
+	waitNoBackends(t, obs, pgtest.UserSCRAM)
+	g := txGateway(t, 1)
+	a := rawGateway(t, g)
+	a.fe.Send(&pgproto3.Query{String: "select pg_sleep(30)"})
+	if err := a.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	running := "select count(*) from pg_stat_activity where state = 'active' and query = 'select pg_sleep(30)'"
+	waitFor(t, 10*time.Second, "pg_sleep(30) to run", func() (bool, string) {
+		n := mustQuery(t, obs, running)
+		return n == "1", n + " running"
+	})
+	start := time.Now()
+	a.conn.Close() // no Terminate, no cancel request
+	waitFor(t, 10*time.Second, "the vanished client's query to stop", func() (bool, string) {
+		n := mustQuery(t, obs, running)
+		return n == "0", n + " running"
+	})
+	b := txConnect(t, g)
+	if got := mustQuery(t, b, "select 'next client'"); got != "next client" {
+		t.Errorf("next client on the only backend: %q", got)
+	}
+	t.Logf("query stopped and backend reused %s after the client vanished", time.Since(start).Round(time.Millisecond))
+}
+
 // ---------------------------------------------------------------------------
 // 7. Cancel.
 
