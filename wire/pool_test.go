@@ -51,25 +51,9 @@ func (g *gateway) dial(ctx context.Context, user, password string, extra ...stri
 	return pgconn.ConnectConfig(ctx, cfg)
 }
 
-// query runs sql and returns the first column of the first row of the first
-// result that has rows ("" when none has).
-func query(ctx context.Context, c *pgconn.PgConn, sql string) (string, error) {
-	res, err := c.Exec(ctx, sql).ReadAll()
-	if err != nil {
-		return "", err
-	}
-	for _, r := range res {
-		if r.Err != nil {
-			return "", r.Err
-		}
-	}
-	for _, r := range res {
-		if len(r.Rows) > 0 && len(r.Rows[0]) > 0 {
-			return string(r.Rows[0][0]), nil
-		}
-	}
-	return "", nil
-}
+// query runs sql and returns the first column of the first row (of the
+// last statement that returns rows).
+var query = testkit.Query
 
 // mustQuery is query for the test goroutine.
 func mustQuery(t *testing.T, c *pgconn.PgConn, sql string) string {

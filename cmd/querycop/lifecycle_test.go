@@ -227,29 +227,11 @@ func (p *process) mustConnect(t *testing.T) *pgconn.PgConn {
 	return conn
 }
 
-// exec1 runs sql and returns the first column of the first row, if any.
-func exec1(ctx context.Context, c *pgconn.PgConn, sql string) (string, error) {
-	res, err := c.Exec(ctx, sql).ReadAll()
-	if err != nil {
-		return "", err
-	}
-	out := ""
-	for _, r := range res {
-		if r.Err != nil {
-			return "", r.Err
-		}
-		if out == "" && len(r.Rows) > 0 {
-			out = string(r.Rows[0][0])
-		}
-	}
-	return out, nil
-}
-
 func mustExec(t *testing.T, c *pgconn.PgConn, sql string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	v, err := exec1(ctx, c, sql)
+	v, err := testkit.Query(ctx, c, sql)
 	if err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
@@ -418,7 +400,7 @@ func TestSIGTERMClosesLingeringSession(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := exec1(ctx, client, "select 1")
+	_, err := testkit.Query(ctx, client, "select 1")
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || pgErr.Severity != "FATAL" || pgErr.Message != "querycop is shutting down" {
 		t.Errorf("next query after the shutdown timeout: %v, want FATAL 57P01 \"querycop is shutting down\"", err)
@@ -501,7 +483,7 @@ func TestBackendRestartWithIdlePooledConnection(t *testing.T) {
 		t.Fatalf("connecting after the backend restart: %v", err)
 	}
 	defer after.Close(context.Background())
-	if _, err := exec1(ctx, after, "select 1"); err != nil {
+	if _, err := testkit.Query(ctx, after, "select 1"); err != nil {
 		_, pools := p.get(t, "/v1/pools")
 		t.Errorf("first query after the backend restart: %v; want it served on a fresh connection; pools: %s", err, pools)
 	}
