@@ -2,12 +2,8 @@ package wire_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	mathrand "math/rand/v2"
-	"net"
-	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/querycop/querycop/internal/commitcheck"
 	"github.com/querycop/querycop/internal/pgtest"
 	"github.com/querycop/querycop/wire"
 )
@@ -29,106 +26,14 @@ import (
 // while the COMMIT was in flight may have happened or not; those are
 // counted apart.
 
-// nlOutcome is what a client knows of one transaction.
-type nlOutcome byte
-
-const (
-	nlFailed  nlOutcome = iota + 1 // not committed: COMMIT was never sent, or the server refused it
-	nlAcked                        // COMMIT answered with the COMMIT tag
-	nlUnknown                      // the connection died with the COMMIT in flight
-)
-
 type nlAttempt struct {
-	outcome nlOutcome
+	outcome commitcheck.Outcome
 	at      time.Time // when the outcome was known
-}
-
-// nlErrors counts errors by phase and kind.
-type nlErrors struct {
-	mu sync.Mutex
-	n  map[string]int
-}
-
-var nlDigits = regexp.MustCompile(`[0-9]+`)
-
-func (e *nlErrors) add(phase string, err error) {
-	// Numbers (ports, PIDs) vary; SQLSTATEs do not.
-	kind := nlDigits.ReplaceAllString(err.Error(), "N")
-	if pgErr := fltPgErr(err); pgErr != nil {
-		kind = pgErr.Severity + " " + pgErr.Code + " " + nlDigits.ReplaceAllString(pgErr.Message, "N")
-	} else if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
-		kind = "timeout"
-	}
-	if len(kind) > 90 {
-		kind = kind[:90] + "..."
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.n == nil {
-		e.n = map[string]int{}
-	}
-	e.n[phase+": "+kind]++
-}
-
-func (e *nlErrors) String() string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var lines []string
-	for k, n := range e.n {
-		lines = append(lines, fmt.Sprintf("%5d  %s", n, k))
-	}
-	slices.Sort(lines)
-	return strings.Join(lines, "\n")
-}
-
-// nlExec runs one statement and returns its command tag.
-func nlExec(ctx context.Context, conn *pgconn.PgConn, sql string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	res, err := conn.Exec(ctx, sql).ReadAll()
-	if err != nil {
-		return "", err
-	}
-	if len(res) == 0 {
-		return "", errors.New("no result")
-	}
-	if res[0].Err != nil {
-		return "", res[0].Err
-	}
-	return res[0].CommandTag.String(), nil
-}
-
-// nlTransaction inserts rows (client, seq, 1) and (client, seq, 2) in one
-// transaction. err is nil only for an acknowledged commit.
-func nlTransaction(ctx context.Context, conn *pgconn.PgConn, table string, client, seq int) (nlOutcome, string, error) {
-	for _, step := range []struct{ phase, sql string }{
-		{"begin", "begin"},
-		{"insert", fmt.Sprintf("insert into %s(client, seq, part) values (%d, %d, 1)", table, client, seq)},
-		{"insert", fmt.Sprintf("insert into %s(client, seq, part) values (%d, %d, 2)", table, client, seq)},
-	} {
-		if _, err := nlExec(ctx, conn, step.sql); err != nil {
-			// No COMMIT was sent: the transaction is rolled back.
-			return nlFailed, step.phase, err
-		}
-	}
-	tag, err := nlExec(ctx, conn, "commit")
-	switch pgErr := fltPgErr(err); {
-	case err == nil && tag == "COMMIT":
-		return nlAcked, "", nil
-	case err == nil:
-		return nlFailed, "commit", fmt.Errorf("COMMIT answered %q", tag)
-	case pgErr != nil && pgErr.Severity != "FATAL" && pgErr.Severity != "PANIC":
-		return nlFailed, "commit", err // the server refused it
-	case pgconn.SafeToRetry(err):
-		return nlFailed, "commit", err // never sent
-	default:
-		return nlUnknown, "commit", err
-	}
 }
 
 // nlClient is one client's loop: sessions of 1 to 8 transactions, until
 // deadline. attempts[seq-1] is the outcome of transaction seq.
-func nlClient(ctx context.Context, g *gateway, role, table string, id int, deadline time.Time, errs *nlErrors) []nlAttempt {
+func nlClient(ctx context.Context, g *gateway, role, table string, id int, deadline time.Time, errs *commitcheck.ErrorKinds) []nlAttempt {
 	var attempts []nlAttempt
 	var conn *pgconn.PgConn
 	defer func() {
@@ -143,17 +48,17 @@ func nlClient(ctx context.Context, g *gateway, role, table string, id int, deadl
 			c, err := tokConnect(cctx, g, role)
 			cancel()
 			if err != nil {
-				errs.add("connect", err)
+				errs.Add("connect", err)
 				time.Sleep(50 * time.Millisecond)
 				continue
 			}
 			conn, left = c, 1+mathrand.IntN(8)
 		}
 		seq := len(attempts) + 1
-		outcome, phase, err := nlTransaction(ctx, conn, table, id, seq)
+		outcome, phase, err := commitcheck.Transaction(ctx, conn, table, id, seq, 15*time.Second)
 		attempts = append(attempts, nlAttempt{outcome, time.Now()})
 		if err != nil {
-			errs.add(phase, err)
+			errs.Add(phase, err)
 			conn.Close(context.Background())
 			conn = nil
 			time.Sleep(20 * time.Millisecond)
@@ -221,7 +126,7 @@ func nlRun(t *testing.T, c *pgtest.Cluster, mode wire.PoolMode, d time.Duration)
 	defer cancel()
 	start := time.Now()
 	deadline := start.Add(d)
-	var errs nlErrors
+	var errs commitcheck.ErrorKinds
 	results := make([][]nlAttempt, clients)
 	var wg sync.WaitGroup
 	for id := range clients {
@@ -289,7 +194,7 @@ func nlRun(t *testing.T, c *pgtest.Cluster, mode wire.PoolMode, d time.Duration)
 			}
 			present := parts[0] > 0 || parts[1] > 0
 			switch a.outcome {
-			case nlAcked:
+			case commitcheck.Acked:
 				acked++
 				if !restartedAt.IsZero() && a.at.After(restartedAt) {
 					ackedAfterRestart++
@@ -297,12 +202,12 @@ func nlRun(t *testing.T, c *pgtest.Cluster, mode wire.PoolMode, d time.Duration)
 				if !present {
 					lost = append(lost, name)
 				}
-			case nlFailed:
+			case commitcheck.Failed:
 				failed++
 				if present {
 					ghost = append(ghost, name)
 				}
-			case nlUnknown:
+			case commitcheck.Unknown:
 				unknown++
 				if present {
 					unknownIn++

@@ -22,15 +22,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	mathrand "math/rand/v2"
-	"net"
 	"os"
 	"os/signal"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,99 +36,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/querycop/querycop/internal/commitcheck"
 )
-
-type outcome byte
-
-const (
-	failed outcome = iota + 1
-	acked
-	unknown
-)
-
-// errorKinds counts errors by phase and kind.
-type errorKinds struct {
-	mu sync.Mutex
-	n  map[string]int
-}
-
-var digits = regexp.MustCompile(`[0-9]+`)
-
-func (e *errorKinds) add(phase string, err error) {
-	kind := digits.ReplaceAllString(err.Error(), "N")
-	var pgErr *pgconn.PgError
-	var ne net.Error
-	switch {
-	case errors.As(err, &pgErr):
-		kind = pgErr.Severity + " " + pgErr.Code + " " + digits.ReplaceAllString(pgErr.Message, "N")
-	case errors.As(err, &ne) && ne.Timeout():
-		kind = "timeout"
-	}
-	if len(kind) > 100 {
-		kind = kind[:100] + "..."
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.n[phase+": "+kind]++
-}
-
-func (e *errorKinds) lines() []string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []string
-	for k, n := range e.n {
-		out = append(out, fmt.Sprintf("%7d  %s", n, k))
-	}
-	slices.Sort(out)
-	return out
-}
-
-func exec(ctx context.Context, conn *pgconn.PgConn, sql string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	res, err := conn.Exec(ctx, sql).ReadAll()
-	if err != nil {
-		return "", err
-	}
-	if len(res) == 0 {
-		return "", errors.New("no result")
-	}
-	if res[0].Err != nil {
-		return "", res[0].Err
-	}
-	return res[0].CommandTag.String(), nil
-}
-
-func transaction(ctx context.Context, conn *pgconn.PgConn, table string, client, seq int) (outcome, string, error) {
-	for _, step := range []struct{ phase, sql string }{
-		{"begin", "begin"},
-		{"insert", fmt.Sprintf("insert into %s(client, seq, part) values (%d, %d, 1)", table, client, seq)},
-		{"insert", fmt.Sprintf("insert into %s(client, seq, part) values (%d, %d, 2)", table, client, seq)},
-	} {
-		if _, err := exec(ctx, conn, step.sql); err != nil {
-			return failed, step.phase, err
-		}
-	}
-	tag, err := exec(ctx, conn, "commit")
-	var pgErr *pgconn.PgError
-	switch {
-	case err == nil && tag == "COMMIT":
-		return acked, "", nil
-	case err == nil:
-		return failed, "commit", fmt.Errorf("COMMIT answered %q", tag)
-	case errors.As(err, &pgErr) && pgErr.Severity != "FATAL" && pgErr.Severity != "PANIC":
-		return failed, "commit", err
-	case pgconn.SafeToRetry(err):
-		return failed, "commit", err
-	default:
-		return unknown, "commit", err
-	}
-}
 
 type counters struct{ acked, failed, unknown atomic.Int64 }
 
-func client(ctx context.Context, cfg *pgconn.Config, table string, id int, deadline time.Time, errs *errorKinds, cnt *counters) []outcome {
-	var out []outcome
+func client(ctx context.Context, cfg *pgconn.Config, table string, id int, deadline time.Time, errs *commitcheck.ErrorKinds, cnt *counters) []commitcheck.Outcome {
+	var out []commitcheck.Outcome
 	var conn *pgconn.PgConn
 	defer func() {
 		if conn != nil {
@@ -145,25 +57,25 @@ func client(ctx context.Context, cfg *pgconn.Config, table string, id int, deadl
 			c, err := pgconn.ConnectConfig(cctx, cfg)
 			cancel()
 			if err != nil {
-				errs.add("connect", err)
+				errs.Add("connect", err)
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
 			conn, left = c, 1+mathrand.IntN(8)
 		}
 		seq := len(out) + 1
-		o, phase, err := transaction(ctx, conn, table, id, seq)
+		o, phase, err := commitcheck.Transaction(ctx, conn, table, id, seq, 30*time.Second)
 		out = append(out, o)
 		switch o {
-		case acked:
+		case commitcheck.Acked:
 			cnt.acked.Add(1)
-		case failed:
+		case commitcheck.Failed:
 			cnt.failed.Add(1)
-		case unknown:
+		case commitcheck.Unknown:
 			cnt.unknown.Add(1)
 		}
 		if err != nil {
-			errs.add(phase, err)
+			errs.Add(phase, err)
 			conn.Close(context.Background())
 			conn = nil
 			time.Sleep(50 * time.Millisecond)
@@ -213,9 +125,9 @@ func main() {
 
 	start := time.Now()
 	deadline := start.Add(*duration)
-	errs := &errorKinds{n: map[string]int{}}
+	errs := &commitcheck.ErrorKinds{}
 	var cnt counters
-	results := make([][]outcome, *clients)
+	results := make([][]commitcheck.Outcome, *clients)
 	var wg sync.WaitGroup
 	for id := range *clients {
 		wg.Go(func() { results[id] = client(ctx, gcfg, *table, id, deadline, errs, &cnt) })
@@ -275,17 +187,17 @@ func main() {
 			}
 			present := parts[0] > 0 || parts[1] > 0
 			switch o {
-			case acked:
+			case commitcheck.Acked:
 				nAcked++
 				if !present {
 					lost = append(lost, name)
 				}
-			case failed:
+			case commitcheck.Failed:
 				nFailed++
 				if present {
 					ghost = append(ghost, name)
 				}
-			case unknown:
+			case commitcheck.Unknown:
 				nUnknown++
 				if present {
 					unknownIn++
@@ -314,7 +226,7 @@ func main() {
 	fmt.Printf("duplicated transactions: %s\n", sample(dup))
 	fmt.Printf("rows nobody inserted: %s\n", sample(phantom))
 	fmt.Println("errors by phase and kind:")
-	for _, l := range errs.lines() {
+	for _, l := range errs.Lines() {
 		fmt.Println(l)
 	}
 	if len(lost)+len(ghost)+len(partial)+len(dup)+len(phantom) > 0 {
