@@ -564,11 +564,14 @@ func (tx *txSession) answerInline() string {
 		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
 		if detach {
 			_ = att.conn.SetReadDeadline(time.Time{})
-			_ = att.conn.SetWriteDeadline(time.Time{})
-			tx.endAttachment(att, leftover)
 			if err != nil {
-				return "client-gone" // the only error consume reports with detach
+				// The only error consume reports with detach; it set a write
+				// deadline on the backend, which goes back to the pool.
+				_ = att.conn.SetWriteDeadline(time.Time{})
+				tx.endAttachment(att, leftover)
+				return "client-gone"
 			}
+			tx.endAttachment(att, leftover)
 			return ""
 		}
 		if err == nil && rerr != nil {
@@ -652,7 +655,9 @@ func (tx *txSession) pumpBackend(att *attachment) error {
 		n, rerr := att.conn.Read(*att.rbuf)
 		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
 		if detach {
-			_ = att.conn.SetWriteDeadline(time.Time{})
+			if err != nil {
+				_ = att.conn.SetWriteDeadline(time.Time{}) // set by consume when the client went
+			}
 			tx.endAttachment(att, leftover)
 			return err
 		}
