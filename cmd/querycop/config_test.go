@@ -13,8 +13,10 @@ import (
 	"encoding/pem"
 	"math/big"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -563,14 +565,89 @@ func TestRunCheckConfiguration(t *testing.T) {
 }
 
 func TestRunUsageErrors(t *testing.T) {
-	for _, args := range [][]string{{"serve-please"}, {"version", "extra"}} {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve-please"}, "querycop: unknown command \"serve-please\"; run \"querycop help\" for the commands and variables\n"},
+		{[]string{"version", "extra"}, "querycop: unexpected argument \"extra\"; run \"querycop help\" for usage\n"},
+	} {
 		var out, errb bytes.Buffer
-		if code := run(args, nil, &out, &errb); code != exitBadConfig {
-			t.Errorf("%v: exit %d, want %d", args, code, exitBadConfig)
+		if code := run(tc.args, nil, &out, &errb); code != exitBadConfig {
+			t.Errorf("%v: exit %d, want %d", tc.args, code, exitBadConfig)
 		}
-		if !strings.Contains(errb.String(), "Usage:") || out.Len() != 0 {
-			t.Errorf("%v: usage should go to stderr only; stdout %q stderr %q", args, out.String(), errb.String())
+		// One line and a hint, not the whole help.
+		if errb.String() != tc.want || out.Len() != 0 {
+			t.Errorf("%v: stdout %q stderr %q, want stderr %q only", tc.args, out.String(), errb.String(), tc.want)
 		}
+	}
+}
+
+func TestVersionFromBuildInfo(t *testing.T) {
+	settings := func(kv ...string) []debug.BuildSetting {
+		var s []debug.BuildSetting
+		for i := 0; i+1 < len(kv); i += 2 {
+			s = append(s, debug.BuildSetting{Key: kv[i], Value: kv[i+1]})
+		}
+		return s
+	}
+	bi := func(v string, s []debug.BuildSetting) *debug.BuildInfo {
+		return &debug.BuildInfo{Main: debug.Module{Path: "github.com/querycop/querycop", Version: v}, Settings: s}
+	}
+	rev := "0123456789abcdef0123456789abcdef01234567"
+	for _, tc := range []struct {
+		name, stamped string
+		bi            *debug.BuildInfo
+		want          string
+	}{
+		{"stamped wins", "1.2.3", bi("v0.9.0", nil), "1.2.3"},
+		{"go install at a tag", "", bi("v1.4.0", nil), "v1.4.0"},
+		{"pseudo-version of a commit", "", bi("v0.0.0-20261206040000-0123456789ab+dirty", nil), "v0.0.0-20261206040000-0123456789ab+dirty"},
+		{"revision only", "", bi("(devel)", settings("vcs.revision", rev, "vcs.modified", "false")), "0123456789ab"},
+		{"modified revision", "", bi("(devel)", settings("vcs.revision", rev, "vcs.modified", "true")), "0123456789ab-dirty"},
+		{"no VCS", "", bi("(devel)", nil), "dev"},
+		{"no build info", "", nil, "dev"},
+	} {
+		if got := versionFrom(tc.stamped, tc.bi); got != tc.want {
+			t.Errorf("%s: versionFrom = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// A plain `go build` in a checkout (no -ldflags) reports the commit it was
+// built from, not "dev".
+func TestPlainBuildReportsRevision(t *testing.T) {
+	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("git rev-parse HEAD: %v", err)
+		}
+		t.Skipf("not in a git checkout: %v", err)
+	}
+	// Go stamps VCS information only where .git is a directory: a clone
+	// (as in CI), not a `git worktree` checkout, where .git is a file.
+	if fi, err := os.Stat("../../.git"); err != nil || !fi.IsDir() {
+		t.Skip("../../.git is not a directory (a git worktree?): go build stamps no VCS information there")
+	}
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		goCmd = "/usr/local/go/bin/go"
+	}
+	bin := filepath.Join(t.TempDir(), "querycop")
+	build := exec.Command(goCmd, "build", "-o", bin, ".")
+	// Go's default; a machine's go env file may turn VCS stamping off
+	// (GOFLAGS=-buildvcs=false), and the environment overrides it.
+	build.Env = append(os.Environ(), "GOFLAGS=-buildvcs=auto")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil {
+		t.Fatalf("querycop version: %v", err)
+	}
+	got := strings.TrimSpace(string(out))
+	if got == "querycop dev" || !strings.Contains(got, strings.TrimSpace(string(head))[:12]) {
+		t.Errorf("querycop version = %q, want the revision %.12s in it", got, head)
 	}
 }
 

@@ -10,13 +10,57 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/rs/zerolog"
 )
 
-// version is set at build time: -ldflags "-X main.version=1.2.3".
-var version = "dev"
+// version is set at build time by scripts/build (-ldflags "-X
+// main.version=1.2.3"). A plain `go build` or `go install` leaves it empty,
+// and versionString reads the build information Go stamps instead.
+var version = ""
+
+// versionString is what `querycop version` and the start-up line report:
+// the stamped version, else the module version (`go install ...@v1.2.3`,
+// or Go's pseudo-version of the checked-out commit), else the VCS revision,
+// else "dev".
+func versionString() string {
+	bi, _ := debug.ReadBuildInfo()
+	return versionFrom(version, bi)
+}
+
+func versionFrom(stamped string, bi *debug.BuildInfo) string {
+	if stamped != "" {
+		return stamped
+	}
+	if bi == nil {
+		return "dev"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev string
+	var dirty bool
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "dev"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return rev
+}
 
 // Exit statuses.
 const (
@@ -50,8 +94,7 @@ func runContext(ctx context.Context, args, environ []string, stdout, stderr io.W
 		return runCheck(ctx, args[1:], environ, stdout, stderr)
 	}
 	if len(args) > 1 {
-		fmt.Fprintf(stderr, "querycop: unexpected argument %q\n\n", args[1])
-		printUsage(stderr)
+		fmt.Fprintf(stderr, "querycop: unexpected argument %q; run \"querycop help\" for usage\n", args[1])
 		return exitBadConfig
 	}
 	cmd := ""
@@ -65,7 +108,7 @@ func runContext(ctx context.Context, args, environ []string, stdout, stderr io.W
 	case "healthcheck":
 		return runHealthcheck(environ, stderr)
 	case "version", "--version":
-		fmt.Fprintf(stdout, "querycop %s\n", version)
+		fmt.Fprintf(stdout, "querycop %s\n", versionString())
 		return exitOK
 	case "":
 		cfg, ok := loadOrReport(environ, stderr)
@@ -80,8 +123,7 @@ func runContext(ctx context.Context, args, environ []string, stdout, stderr io.W
 		}
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "querycop: unknown command %q\n\n", cmd)
-		printUsage(stderr)
+		fmt.Fprintf(stderr, "querycop: unknown command %q; run \"querycop help\" for the commands and variables\n", cmd)
 		return exitBadConfig
 	}
 }

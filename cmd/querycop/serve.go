@@ -63,7 +63,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 	log.Info().
-		Str("version", version).
+		Str("version", versionString()).
 		Str("listen", srv.Addr().String()).
 		Str("api", api.Addr().String()).
 		Bool("client_tls", cfg.Wire.TLSCert != "").
