@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,24 +12,27 @@ import (
 // collector reads every figure at scrape time from the pools, the client
 // side and the token source: nothing is counted twice.
 type collector struct {
-	deps Deps
+	deps  Deps
+	ready func(context.Context) bool
 
 	poolConns, poolSize, poolWaiting, poolClients, poolOldest *prometheus.Desc
 	acquires, acquireTimeouts, acquireWait, created, closed   *prometheus.Desc
 	dialFailures                                              *prometheus.Desc
 	clientsConnected, clientsRefused, relayBytes, relayMsgs   *prometheus.Desc
 	tokenMints, tokenFailures, tokenConsecutive, tokenExpiry  *prometheus.Desc
-	paused                                                    *prometheus.Desc
+	paused, readyDesc                                         *prometheus.Desc
 	transactions, queries, backendWait, backendHeld, prepared *prometheus.Desc
 }
 
-func newCollector(deps Deps) *collector {
+func newCollector(deps Deps, ready func(context.Context) bool) *collector {
 	pl := []string{"database", "user"}
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("querycop_"+name, help, labels, nil)
 	}
 	return &collector{
 		deps:             deps,
+		ready:            ready,
+		readyDesc:        d("ready", "1 while /readyz answers 200 (the gateway would be sent clients), else 0."),
 		poolConns:        d("pool_connections", "Backend connections in the pool, by state (idle, in_use, constructing).", "database", "user", "state"),
 		poolSize:         d("pool_size", "Most backend connections the pool may hold.", pl...),
 		poolWaiting:      d("pool_clients_waiting", "Clients waiting for a backend connection of the pool.", pl...),
@@ -67,6 +71,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
+	}
+	if c.ready != nil {
+		// /readyz's cached verdict: at most one backend probe per
+		// readyCacheFor, however often both are asked.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ready := 0.0
+		if c.ready(ctx) {
+			ready = 1
+		}
+		cancel()
+		gauge(c.readyDesc, ready)
 	}
 	if c.deps.Pools != nil {
 		paused := 0.0

@@ -89,7 +89,7 @@ func NewServer(cfg Config, key string, deps Deps, log zerolog.Logger) *Server {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		newCollector(deps),
+		newCollector(deps, s.ready),
 	)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
@@ -162,27 +162,36 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "shutting down"})
-		return
-	}
-	if s.deps.Pools != nil && s.deps.Pools.Paused() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "paused through the admin API"})
-		return
-	}
-	if err := s.checkReady(r.Context()); err != nil {
-		// No key is needed here, so the answer says what kind of problem
-		// it is and no more (no address, no token command output); the
-		// log has the details.
-		reason := "not ready"
-		var nr *NotReady
-		if errors.As(err, &nr) {
-			reason = nr.Public
-		}
+	if reason := s.notReady(r.Context()); reason != "" {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": reason})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// ready is /readyz's verdict for the querycop_ready metric, so an alert
+// can see what the load balancer sees.
+func (s *Server) ready(ctx context.Context) bool { return s.notReady(ctx) == "" }
+
+// notReady is /readyz's reason, empty when ready.
+func (s *Server) notReady(ctx context.Context) string {
+	if s.draining.Load() {
+		return "shutting down"
+	}
+	if s.deps.Pools != nil && s.deps.Pools.Paused() {
+		return "paused through the admin API"
+	}
+	if err := s.checkReady(ctx); err != nil {
+		// No key is needed for /readyz, so the answer says what kind of
+		// problem it is and no more (no address, no token command
+		// output); the log has the details.
+		var nr *NotReady
+		if errors.As(err, &nr) {
+			return nr.Public
+		}
+		return "not ready"
+	}
+	return ""
 }
 
 func (s *Server) checkReady(ctx context.Context) error {

@@ -461,6 +461,9 @@ func TestPauseResume(t *testing.T) {
 	if status, _ := g.call(t, "GET", "/readyz", "", ""); status != http.StatusOK {
 		t.Fatalf("/readyz = %d before the pause", status)
 	}
+	if v := value(g.scrape(t), "querycop_ready", nil); v != 1 {
+		t.Errorf("querycop_ready = %v while /readyz answers 200, want 1", v)
+	}
 
 	var paused struct{ Paused bool }
 	g.get(t, "POST", "/v1/pause", "", &paused)
@@ -472,8 +475,12 @@ func TestPauseResume(t *testing.T) {
 	if status != http.StatusServiceUnavailable || json.Unmarshal(body, &ready) != nil || !strings.Contains(ready.Reason, "paused") {
 		t.Errorf("/readyz while paused = %d %s, want 503 with reason paused", status, body)
 	}
-	if v := value(g.scrape(t), "querycop_paused", nil); v != 1 {
+	fams := g.scrape(t)
+	if v := value(fams, "querycop_paused", nil); v != 1 {
 		t.Errorf("querycop_paused = %v while paused, want 1", v)
+	}
+	if v := value(fams, "querycop_ready", nil); v != 0 {
+		t.Errorf("querycop_ready = %v while paused (/readyz 503), want 0", v)
 	}
 
 	// The idle connection is closed; only the attached session's remains.
