@@ -12,9 +12,12 @@ type Config struct {
 	Timeout time.Duration `env:"TIMEOUT" envDefault:"30s" help:"how long one run of the token command may take before its process group is killed"`
 	// Lifetime is assumed for tokens that carry no expiry of their own.
 	Lifetime time.Duration `env:"LIFETIME" envDefault:"15m" help:"lifetime assumed for opaque tokens (JWTs carry their own exp), e.g. AWS RDS IAM tokens last 15m"`
-	// RefreshMargin is how long before expiry a token stops being used for
-	// new connections, and pooled connections made with it are retired.
-	RefreshMargin time.Duration `env:"REFRESH_MARGIN" envDefault:"5m" help:"a token is no longer used for new backend connections this long before it expires; it is refreshed in the background before that"`
+	// RefreshMargin is how long before expiry asking the command for a new
+	// token starts. The current token keeps serving new backend logins
+	// until its expiry less Source.LoginSafety, so a command that hands
+	// back its cached token for a while (az does until 5 minutes are left)
+	// is simply asked again later.
+	RefreshMargin time.Duration `env:"REFRESH_MARGIN" envDefault:"5m" help:"how long before a token expires Querycop starts asking the command for a new one; the current token keeps serving new backend connections until its expiry less the connect timeout and 30s"`
 	// Reuse shares one token among connections until it nears expiry;
 	// false mints one per backend connection.
 	Reuse bool `env:"REUSE" envDefault:"true" help:"reuse one token for many backend connections (false: run the command for every new backend connection)"`

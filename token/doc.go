@@ -10,9 +10,11 @@
 // fires or the caller's context is cancelled. Every failure is an *Error whose
 // text starts "backend token command failed: " and never contains the token.
 //
-// Concurrency: Command.Mint is safe for concurrent use; each call runs its
-// own process and shares nothing with other calls. Later this package will
-// also own caching tokens and refreshing them ahead of expiry.
+// Source caches the tokens per (host, port, user) and refreshes them ahead
+// of expiry; see its comment for the two clocks of a token.
+//
+// Concurrency: Command.Mint and Source are safe for concurrent use; each
+// Mint runs its own process and shares nothing with other calls.
 //
 // The package does no logging; callers log the errors it returns.
 package token

@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -133,8 +137,11 @@ func TestSourceReuse(t *testing.T) {
 	if a.Expiry.Before(before.Add(time.Hour)) || a.Expiry.After(time.Now().Add(time.Hour)) {
 		t.Errorf("Expiry = %v, want about now+1h", a.Expiry)
 	}
-	if want := a.Expiry.Add(-5 * time.Minute); !a.UseUntil.Equal(want) {
-		t.Errorf("UseUntil = %v, want Expiry-5m = %v", a.UseUntil, want)
+	if want := a.Expiry.Add(-40 * time.Second); !a.UseUntil.Equal(want) {
+		t.Errorf("UseUntil = %v, want Expiry less the default login safety (10s+30s) = %v", a.UseUntil, want)
+	}
+	if st := statusOf(t, s, "alice"); !st.RefreshFrom.Equal(a.Expiry.Add(-5*time.Minute)) || !st.NextRefresh.Equal(st.RefreshFrom) {
+		t.Errorf("RefreshFrom %v NextRefresh %v, want both Expiry less the margin (5m) = %v", st.RefreshFrom, st.NextRefresh, a.Expiry.Add(-5*time.Minute))
 	}
 	if got := m.Targets()[0]; got != srcTarget {
 		t.Errorf("minter got Target %+v, want %+v", got, srcTarget)
@@ -145,8 +152,8 @@ func TestSourceReuse(t *testing.T) {
 	jm := &fakeMinter{mint: func(context.Context, int, Target) (string, error) { return jwtExpiringAt(exp, "r"), nil }}
 	js := newTestSource(t, reuseConfig(), jm)
 	jt := mustToken(t, js, srcTarget)
-	if jt.Expiry.Sub(exp).Abs() > time.Microsecond || jt.UseUntil.Sub(exp.Add(-5*time.Minute)).Abs() > time.Microsecond {
-		t.Errorf("JWT token Expiry %v UseUntil %v, want %v and 5m before", jt.Expiry, jt.UseUntil, exp)
+	if jt.Expiry.Sub(exp).Abs() > time.Microsecond || jt.UseUntil.Sub(exp.Add(-40*time.Second)).Abs() > time.Microsecond {
+		t.Errorf("JWT token Expiry %v UseUntil %v, want %v and 40s before", jt.Expiry, jt.UseUntil, exp)
 	}
 }
 
@@ -265,8 +272,9 @@ func TestSourceRefreshAhead(t *testing.T) {
 	cfg := reuseConfig()
 	cfg.RefreshMargin = time.Second
 	s := newTestSource(t, cfg, m)
+	s.LoginSafety = 200 * time.Millisecond
 
-	exp1 = time.Now().Add(3 * time.Second) // usable for 2s: refreshed after ~1.6s
+	exp1 = time.Now().Add(3 * time.Second) // refreshed after 2s, usable for 2.8s
 	exp2 = time.Now().Add(time.Hour)
 	first := mustToken(t, s, srcTarget)
 	<-started
@@ -274,14 +282,15 @@ func TestSourceRefreshAhead(t *testing.T) {
 	if first.Value != jwtExpiringAt(exp1, "one") {
 		t.Fatalf("first Token is not the first JWT")
 	}
-	wantUseUntil := time.UnixMilli(exp1.UnixMilli()).Add(-time.Second)
+	wantUseUntil := time.UnixMilli(exp1.UnixMilli()).Add(-200 * time.Millisecond)
 	if first.UseUntil.Sub(wantUseUntil).Abs() > time.Microsecond {
-		t.Errorf("UseUntil = %v, want exp-1s = %v", first.UseUntil, wantUseUntil)
+		t.Errorf("UseUntil = %v, want exp less the login safety = %v", first.UseUntil, wantUseUntil)
 	}
+	_ = mintStart
 	st := statusOf(t, s, "alice")
-	wantNext := mintStart.Add(first.UseUntil.Sub(mintStart) * 4 / 5)
-	if !st.Valid || st.Mints != 1 || st.NextRefresh.IsZero() || st.NextRefresh.Sub(wantNext).Abs() > 50*time.Millisecond {
-		t.Errorf("Status after the first mint = %+v; want valid, 1 mint, NextRefresh ≈ %v (80%% of the usable window)", st, wantNext)
+	wantNext := time.UnixMilli(exp1.UnixMilli()).Add(-time.Second)
+	if !st.Valid || st.Mints != 1 || st.NextRefresh.IsZero() || st.NextRefresh.Sub(wantNext).Abs() > time.Microsecond {
+		t.Errorf("Status after the first mint = %+v; want valid, 1 mint, NextRefresh = %v (exp less the margin)", st, wantNext)
 	}
 	if !st.NextRefresh.Before(first.UseUntil) {
 		t.Errorf("NextRefresh %v is not before UseUntil %v", st.NextRefresh, first.UseUntil)
@@ -347,64 +356,267 @@ func TestSourceRefreshSkipsUnusedKeys(t *testing.T) {
 	cfg.Lifetime = 300 * time.Millisecond
 	cfg.RefreshMargin = 100 * time.Millisecond
 	s := newTestSource(t, cfg, m)
+	s.LoginSafety = 20 * time.Millisecond
 	mustToken(t, s, srcTarget)
-	// Refreshes at ~160ms (used at 0, within the 300ms lifetime), ~320ms
-	// (last use 320ms ago > 300ms: skipped). Nothing after that.
+	// Refreshes at ~200ms (used at 0, within the 300ms lifetime), ~400ms
+	// (last use 400ms ago > 300ms: skipped). Nothing after that.
 	time.Sleep(900 * time.Millisecond)
 	if c := m.Calls(); c != 2 {
 		t.Errorf("minter called %d times for a key used once, want 2 (one refresh, then it lapses)", c)
 	}
 }
 
-func TestSourceBackoff(t *testing.T) {
+// After a failure with no usable token there are no background retries; a
+// need after demandFloor runs the command again instead of getting the
+// stored error, and simultaneous needs share that run.
+func TestSourceFreshFailure(t *testing.T) {
 	t.Parallel()
+	var fail atomic.Bool
+	fail.Store(true)
 	m := &fakeMinter{mint: func(_ context.Context, n int, tg Target) (string, error) {
-		if n == 1 {
+		if fail.Load() {
 			return "", aadstsError()
 		}
-		return "tok-ok", nil
+		time.Sleep(50 * time.Millisecond)
+		return fmt.Sprintf("tok-ok-%d", n), nil
 	}}
 	s := newTestSource(t, reuseConfig(), m)
+	s.demandFloor = 300 * time.Millisecond
 
 	_, err1 := s.Token(context.Background(), srcTarget)
-	failedAt := time.Now()
 	var tokErr *Error
 	if !errors.As(err1, &tokErr) || !strings.HasPrefix(err1.Error(), "backend token command failed: AADSTS700082") {
 		t.Fatalf("first Token: %v (%T), want *Error backend token command failed: AADSTS700082...", err1, err1)
 	}
 	st := statusOf(t, s, "alice")
-	if st.Valid || st.Failures != 1 || st.ConsecutiveFailures != 1 || !strings.Contains(st.LastError, "AADSTS700082") {
-		t.Errorf("Status after a failure = %+v", st)
+	if st.Valid || st.Failures != 1 || st.ConsecutiveFailures != 1 || !strings.Contains(st.LastError, "AADSTS700082") || !st.RetryAt.IsZero() || !st.NextRefresh.IsZero() {
+		t.Errorf("Status after a failure with no usable token = %+v; want no background retry", st)
 	}
-	if lo, hi := failedAt.Add(800*time.Millisecond-50*time.Millisecond), failedAt.Add(1200*time.Millisecond); st.RetryAt.Before(lo) || st.RetryAt.After(hi) {
-		t.Errorf("RetryAt = %v (%v after the failure), want 1s ±20%%", st.RetryAt, st.RetryAt.Sub(failedAt))
-	}
-
-	// Backing off: the same error at once, without running the command.
+	// Within the floor: the same error at once, without running the command.
 	for range 5 {
-		_, err2 := s.Token(context.Background(), srcTarget)
-		if err2 != err1 {
-			t.Fatalf("Token while backing off = %v, want the same error %v", err2, err1)
+		if _, err2 := s.Token(context.Background(), srcTarget); err2 != err1 {
+			t.Fatalf("Token within the floor = %v, want the same error %v", err2, err1)
 		}
 	}
 	if c := m.Calls(); c != 1 {
-		t.Fatalf("minter called %d times while backing off, want 1", c)
+		t.Fatalf("minter called %d times within the floor, want 1", c)
 	}
-
-	time.Sleep(time.Until(st.RetryAt) + 50*time.Millisecond)
-	tok := mustToken(t, s, srcTarget)
-	if tok.Value != "tok-ok" {
-		t.Errorf("Token after the back-off = %q, want tok-ok", tok.Value)
+	// The command recovers. Nobody needs a token for a while: no run.
+	fail.Store(false)
+	time.Sleep(600 * time.Millisecond)
+	if c := m.Calls(); c != 1 {
+		t.Fatalf("minter called %d times with nobody needing a token, want 1 (no background retries)", c)
+	}
+	// Then 20 needs at once: one fresh run serves them all.
+	var wg sync.WaitGroup
+	got := make([]string, 20)
+	for i := range got {
+		wg.Go(func() {
+			tok, err := s.Token(context.Background(), srcTarget)
+			if err != nil {
+				got[i] = err.Error()
+				return
+			}
+			got[i] = tok.Value
+		})
+	}
+	wg.Wait()
+	for i, v := range got {
+		if v != "tok-ok-2" {
+			t.Errorf("need %d after the recovery got %q, want tok-ok-2 (a fresh run, not the stored error)", i, v)
+		}
 	}
 	if c := m.Calls(); c != 2 {
 		t.Errorf("minter called %d times, want 2", c)
 	}
-	if at := m.Start(2); at.Before(st.RetryAt.Add(-10 * time.Millisecond)) {
-		t.Errorf("second run at %v, before RetryAt %v", at, st.RetryAt)
-	}
 	st = statusOf(t, s, "alice")
-	if !st.Valid || st.ConsecutiveFailures != 0 || st.Failures != 1 || st.Mints != 1 || st.LastError != "" || !st.RetryAt.IsZero() {
+	if !st.Valid || st.ConsecutiveFailures != 0 || st.Failures != 1 || st.Mints != 1 || st.LastError != "" {
 		t.Errorf("Status after recovery = %+v", st)
+	}
+}
+
+// cachingMinter prints JWTs of lifetime life and, like az, hands back its
+// cached token until only keep is left.
+type cachingMinter struct {
+	life, keep time.Duration
+
+	mu     sync.Mutex
+	runs   int
+	cached string
+	exp    time.Time
+}
+
+func (c *cachingMinter) Mint(context.Context, Target) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.runs++
+	now := time.Now()
+	if c.cached == "" || c.exp.Sub(now) < c.keep {
+		c.exp = now.Add(c.life)
+		c.cached = jwtExpiringAt(c.exp, fmt.Sprint(c.runs))
+	}
+	return c.cached, nil
+}
+
+func (c *cachingMinter) Runs() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.runs
+}
+
+// The az case at scaled-down times: the command caches its token until the
+// refresh margin is left (and the margin equals its cache threshold).
+// Asking for a token never fails, every token handed out still has the
+// login safety left, and the runs stay bounded.
+func TestSourceCachingCommand(t *testing.T) {
+	t.Parallel()
+	for _, margin := range []time.Duration{time.Second, 1500 * time.Millisecond} {
+		t.Run(margin.String(), func(t *testing.T) {
+			t.Parallel()
+			const life, keep, safety = 3 * time.Second, time.Second, 200 * time.Millisecond
+			m := &cachingMinter{life: life, keep: keep}
+			cfg := reuseConfig()
+			cfg.RefreshMargin = margin
+			s := newTestSource(t, cfg, m)
+			s.LoginSafety = safety
+			const span = 10 * time.Second // more than three lifetimes
+			var refused, short, asked atomic.Int64
+			var wg sync.WaitGroup
+			end := time.Now().Add(span)
+			for range 4 {
+				wg.Go(func() {
+					for time.Now().Before(end) {
+						ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+						tok, err := s.Token(ctx, srcTarget)
+						cancel()
+						asked.Add(1)
+						if err != nil {
+							refused.Add(1)
+							t.Logf("Token: %v", err)
+						} else if exp, _ := jwtExpiry(tok.Value); time.Until(exp) < safety-10*time.Millisecond {
+							short.Add(1)
+						}
+						time.Sleep(10 * time.Millisecond)
+					}
+				})
+			}
+			wg.Wait()
+			if refused.Load() != 0 || short.Load() != 0 {
+				t.Errorf("of %d needs, %d were refused and %d got a token with less than the login safety left; want none",
+					asked.Load(), refused.Load(), short.Load())
+			}
+			// A refresh per lifetime, plus at most ten rechecks while the
+			// command still serves its cached token.
+			lifetimes := int(span/(life-keep)) + 2
+			if r := m.Runs(); r > lifetimes*11 || r < int(span/life) {
+				t.Errorf("%d runs over %v, want between %d and %d", r, span, int(span/life), lifetimes*11)
+			}
+			st := statusOf(t, s, "alice")
+			t.Logf("runs %d: %d new tokens, %d unchanged", m.Runs(), st.Mints, st.Unchanged)
+			if margin > keep && st.Unchanged == 0 {
+				t.Errorf("margin %v above the command's cache threshold %v, yet no run printed the cached token: %+v", margin, keep, st)
+			}
+		})
+	}
+}
+
+// A token older than the current one is not adopted; nor is it a failure.
+func TestSourceOlderTokenKept(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	newer, older := jwtExpiringAt(now.Add(10*time.Second), "newer"), jwtExpiringAt(now.Add(8*time.Second), "older")
+	m := &fakeMinter{mint: func(_ context.Context, n int, _ Target) (string, error) {
+		if n == 1 {
+			return newer, nil
+		}
+		return older, nil
+	}}
+	cfg := reuseConfig()
+	cfg.RefreshMargin = 9500 * time.Millisecond // refresh after 0.5s
+	s := newTestSource(t, cfg, m)
+	s.LoginSafety = time.Second
+	if tok := mustToken(t, s, srcTarget); tok.Value != newer {
+		t.Fatal("first token is not the newer JWT")
+	}
+	waitFor(t, 5*time.Second, "a recheck", func() bool { return statusOf(t, s, "alice").Unchanged >= 1 })
+	if tok := mustToken(t, s, srcTarget); tok.Value != newer {
+		t.Error("an older token replaced the current one")
+	}
+	st := statusOf(t, s, "alice")
+	if st.Mints != 1 || st.Failures != 0 || st.NextRefresh.IsZero() {
+		t.Errorf("Status = %+v; want 1 mint, no failure, a recheck scheduled", st)
+	}
+	if d := time.Until(st.NextRefresh); d < 600*time.Millisecond || d > 1300*time.Millisecond {
+		t.Errorf("next recheck in %v, want an eighth of the 8.5s window ±20%%", d)
+	}
+}
+
+// Keys nobody needs are dropped: at once after a failure once idleKeep
+// passes, and the number kept is bounded.
+func TestSourceDropsUnneededKeys(t *testing.T) {
+	t.Parallel()
+	m := &fakeMinter{mint: func(_ context.Context, _ int, tg Target) (string, error) {
+		if strings.HasPrefix(tg.User, "random") {
+			return "", &Error{Reason: "no such user"}
+		}
+		return "tok-" + tg.User, nil
+	}}
+	s := newTestSource(t, reuseConfig(), m)
+	s.idleKeep = 300 * time.Millisecond
+	for i := range 20 {
+		if _, err := s.Token(context.Background(), Target{Host: "h", Port: 1, User: fmt.Sprint("random", i)}); err == nil {
+			t.Fatal("a failing command succeeded")
+		}
+	}
+	mustToken(t, s, srcTarget)
+	if n := len(s.Status()); n != 21 {
+		t.Fatalf("%d keys listed, want 21", n)
+	}
+	time.Sleep(800 * time.Millisecond)
+	if sts := s.Status(); len(sts) != 1 || sts[0].User != "alice" {
+		t.Errorf("after idleKeep the keys are %+v; want only alice's (a usable token)", sts)
+	}
+	if c := m.Calls(); c != 21 {
+		t.Errorf("minter called %d times, want 21: no background retries for failed keys", c)
+	}
+
+	for i := range maxKeys + 100 {
+		mustToken(t, s, Target{Host: "h", Port: 2, User: fmt.Sprint("u", i)})
+	}
+	if n := len(s.Status()); n > maxKeys {
+		t.Errorf("%d keys kept, want at most %d", n, maxKeys)
+	}
+}
+
+// Close kills the process group of a command still running and returns
+// only once it is gone.
+func TestSourceCloseKillsCommand(t *testing.T) {
+	t.Parallel()
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	cfg := reuseConfig()
+	cfg.Cmd = "TOKENCMD_PID_FILE=" + pidFile + " " + script("hang.sh")
+	s := NewSource(cfg, NewCommand(cfg))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.Token(context.Background(), srcTarget)
+		errc <- err
+	}()
+	var pgid int
+	waitFor(t, 5*time.Second, "the command to start", func() bool {
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			return false
+		}
+		pgid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	time.Sleep(100 * time.Millisecond) // its children start
+	s.Close()
+	if err := syscall.Kill(-pgid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("after Close, process group %d: kill 0 = %v, want ESRCH (no process left)", pgid, err)
+	}
+	if err := <-errc; err == nil {
+		t.Error("Token returned no error after Close killed its command")
 	}
 }
 
@@ -448,8 +660,9 @@ func TestSourceBackgroundFailureKeepsServing(t *testing.T) {
 		return "", aadstsError()
 	}}
 	cfg := reuseConfig()
-	cfg.RefreshMargin = time.Second
+	cfg.RefreshMargin = 1300 * time.Millisecond
 	s := NewSource(cfg, m)
+	s.LoginSafety = time.Second
 	t.Cleanup(s.Close)
 	type failure struct {
 		t   Target
@@ -519,8 +732,8 @@ func TestSourceBackgroundFailureKeepsServing(t *testing.T) {
 	}
 }
 
-// A token that is already expired, or inside the margin, when minted is an
-// error that says why.
+// A token that is already expired, or inside the login safety, when minted
+// is an error that says why. (Inside the refresh margin is fine.)
 func TestSourceExpiredAtMint(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -529,7 +742,7 @@ func TestSourceExpiredAtMint(t *testing.T) {
 		want string
 	}{
 		{"exp in the past", -time.Hour, "is this host's clock right?"},
-		{"exp within the margin", 30 * time.Second, "within GATEKEEPER_BACKEND_TOKEN_REFRESH_MARGIN (1m0s)"},
+		{"exp within the login safety", 30 * time.Second, "too soon to log in with it (a token is not used in the last 40s before its expiry)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -68,6 +68,10 @@ func testPoolConfig() pool.Config {
 	}
 }
 
+// testLoginSafety is the tests' token login safety: their tokens last
+// seconds, not an hour, and the connect timeout is not waited for.
+const testLoginSafety = time.Second
+
 // startGateway runs a gateway in front of the backend described by bcfg and
 // checks, when the test ends, that no secret reached its log.
 func startGateway(t *testing.T, bcfg backend.Config, adjust ...func(*wire.Config)) *gateway {
@@ -79,6 +83,7 @@ func startPooledGateway(t *testing.T, bcfg backend.Config, pcfg pool.Config, adj
 	var tokens backend.TokenSource
 	if bcfg.Token.Cmd != "" {
 		src := token.NewSource(bcfg.Token, token.NewCommand(bcfg.Token))
+		src.LoginSafety = testLoginSafety
 		t.Cleanup(src.Close)
 		tokens = src
 	}

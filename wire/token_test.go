@@ -529,8 +529,9 @@ func tokTraffic(t *testing.T, c *pgtest.Cluster, g *gateway, role string, d time
 //     it printed, though a valid token was cached. Sessions that are merely
 //     slow do not count: on a loaded machine a session or a dial can take
 //     more than a second with no mint involved.
-//   - connections retired for their token's horizon (~10s after its mint;
-//     the pool lifetime is 1h), well before the token expires (10s later);
+//   - connections retired for their token's horizon (its expiry less the
+//     login safety, ~19s after its mint; the pool lifetime is 1h): none
+//     is seen older than that;
 //   - the pool within its size; the command run once per refresh.
 func tokCheckTraffic(t *testing.T, g *gateway, env *tokEnv, role string, size int, d, slow time.Duration,
 	samples []tokSample, maxAge float64, maxBackends int, useUntil func(i int, r tokRun) time.Time) (late int) {
@@ -590,15 +591,16 @@ func tokCheckTraffic(t *testing.T, g *gateway, env *tokEnv, role string, size in
 		t.Errorf("%d sessions were in flight from before a command run started until after it printed, though the token before was still usable (a dial waited for a mint?): %v",
 			len(blocked), tokFormatSamples(blocked))
 	}
-	// One run at the start, then one per ~8-9s (80% of the ~10-11s usable window).
+	// One run at the start, then one per ~10s (the 20s token's expiry less
+	// the 10s margin).
 	if lo, hi := 1+int(d/(12*time.Second)), 2+int(d/(7*time.Second)); len(runs) < lo || len(runs) > hi {
 		t.Errorf("the command ran %d times in %s, want %d to %d: refreshed ahead, not per dial", len(runs), d, lo, hi)
 	}
 	if st.Retired == 0 || st.Closed["lifetime"] == 0 {
 		t.Errorf("pool stats: retired %d, closed %v; want connections retired for their token's horizon (lifetime is 1h)", st.Retired, st.Closed)
 	}
-	if maxAge >= 12.5 {
-		t.Errorf("a backend connection of %s was %.1fs old: not retired before its token's horizon (UseUntil is ~10-11s after the mint)", role, maxAge)
+	if maxAge >= 19.5 {
+		t.Errorf("a backend connection of %s was %.1fs old: not retired before its token's horizon (UseUntil is ~19s after the mint)", role, maxAge)
 	}
 	if maxBackends > size || st.Closed["resize"] > 0 {
 		t.Errorf("the pool (Size=%d, never resized) had up to %d backend connections and closed %d as surplus (\"resize\")",
@@ -665,7 +667,7 @@ func TestTokenRefreshAhead(t *testing.T) {
 			if i >= len(exps) {
 				return time.Time{} // the run never got its token
 			}
-			return exps[i].Add(-margin)
+			return exps[i].Add(-testLoginSafety)
 		})
 	})
 
@@ -686,7 +688,7 @@ func TestTokenRefreshAhead(t *testing.T) {
 		// An opaque token expires Lifetime after its mint started (a little
 		// before the script's own start time).
 		late += tokCheckTraffic(t, g, env, role, pcfg.Size, d, slow, samples, maxAge, maxBackends, func(_ int, r tokRun) time.Time {
-			return r.start.Add(ttl - margin)
+			return r.start.Add(ttl - testLoginSafety)
 		})
 	})
 }
@@ -700,7 +702,7 @@ func TestTokenRotation(t *testing.T) {
 	env := newTokEnv(t, c)
 	exp1 := time.Now().Add(12 * time.Second)
 	env.createRole(role, exp1)
-	useUntil1 := time.Unix(exp1.Unix(), 0).Add(-6 * time.Second)
+	useUntil1 := time.Unix(exp1.Unix(), 0).Add(-testLoginSafety)
 	cfg := tokenBackendConfig(c, "jwt-from-dir.sh")
 	cfg.Token.RefreshMargin = 6 * time.Second
 	pcfg := testPoolConfig()

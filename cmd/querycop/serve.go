@@ -28,6 +28,9 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	var err error
 	if cfg.Backend.Token.Cmd != "" {
 		tokens = token.NewSource(cfg.Backend.Token, token.NewCommand(cfg.Backend.Token))
+		// A token is not used for a login it might not finish before the
+		// token expires, by this host's clock or the server's.
+		tokens.LoginSafety = cfg.Backend.ConnectTimeout + token.ClockSkew
 		tokens.OnFailure = func(t token.Target, err error) {
 			log.Warn().Str("user", t.User).Str("error", err.Error()).Msg("background token refresh failed")
 		}
