@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/commitcheck"
 	"github.com/querycop/querycop/internal/pgtest"
 	"github.com/querycop/querycop/wire"
@@ -257,5 +258,97 @@ func nlRun(t *testing.T, c *pgtest.Cluster, mode wire.PoolMode, d time.Duration)
 	}
 	if runs < 3 {
 		t.Errorf("the token command ran %d times; want at least 3 (first token and one per rotation)", runs)
+	}
+}
+
+// TestNothingLostAtShutdown: clients commit numbered transactions through a
+// gateway that is shut down with a short timeout (as on SIGTERM). Shutdown
+// closes each client between requests, never with a COMMIT in flight, so
+// no client sees a failure or a lost connection for a commit that in fact
+// happened. (A request still running when wire.ShutdownAnswerWait ends
+// would be the exception; these transactions take milliseconds, so none
+// is.) Several rounds per mode, since each shutdown is one moment.
+func TestNothingLostAtShutdown(t *testing.T) {
+	for _, mode := range fltModes {
+		t.Run(string(mode), func(t *testing.T) {
+			table := "nl_shutdown_" + string(mode)
+			mustFltSQL(t, cluster, fmt.Sprintf(`drop table if exists %s;
+				create table %s(client int not null, seq int not null, part int not null);
+				grant select, insert on %s to %s`, table, table, table, pgtest.UserSCRAM))
+			t.Cleanup(func() { _, _ = fltSQL(cluster, "drop table if exists "+table) })
+			const rounds, clients = 3, 16
+			var acked, failed, unknown, unknownIn int
+			var wrong []string
+			for round := range rounds {
+				g := startGateway(t, backendConfig(cluster, backend.TLSDisable), fltMode(mode))
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				results := make([][]commitcheck.Outcome, clients)
+				var errs commitcheck.ErrorKinds
+				var wg sync.WaitGroup
+				for i := range clients {
+					id := round*clients + i
+					wg.Go(func() {
+						conn, err := g.connect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+						if err != nil {
+							errs.Add("connect", err)
+							return
+						}
+						defer conn.Close(context.Background())
+						for seq := 1; seq <= 100000; seq++ {
+							outcome, phase, err := commitcheck.Transaction(ctx, conn, table, id, seq, 15*time.Second)
+							results[i] = append(results[i], outcome)
+							if err != nil {
+								errs.Add(phase, err)
+								return
+							}
+						}
+					})
+				}
+				time.Sleep(700 * time.Millisecond)
+				sctx, scancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+				err := g.srv.Shutdown(sctx)
+				scancel()
+				if err != nil {
+					t.Errorf("Shutdown: %v", err)
+				}
+				wg.Wait()
+				cancel()
+				t.Logf("round %d errors:\n%s", round, errs.String())
+				rows := nlRows(t, cluster, table)
+				for i, outcomes := range results {
+					id := round*clients + i
+					for s, o := range outcomes {
+						parts := rows[[2]int{id, s + 1}]
+						present := parts[0] > 0 || parts[1] > 0
+						switch {
+						case o == commitcheck.Acked:
+							acked++
+							if parts != [2]int{1, 1} {
+								wrong = append(wrong, fmt.Sprintf("(%d,%d) acknowledged, rows %v", id, s+1, parts))
+							}
+						case o == commitcheck.Failed:
+							failed++
+							if present {
+								wrong = append(wrong, fmt.Sprintf("(%d,%d) failed, rows %v", id, s+1, parts))
+							}
+						default:
+							unknown++
+							if present {
+								unknownIn++
+								wrong = append(wrong, fmt.Sprintf("(%d,%d) connection lost during COMMIT, yet committed: rows %v", id, s+1, parts))
+							}
+						}
+					}
+				}
+			}
+			t.Logf("%s mode, %d shutdowns: %d acknowledged, %d failed, %d unknown outcome (%d of them committed)",
+				mode, rounds, acked, failed, unknown, unknownIn)
+			if len(wrong) > 0 {
+				t.Errorf("%d transactions whose outcome the client got wrong:\n%s", len(wrong), strings.Join(wrong[:min(20, len(wrong))], "\n"))
+			}
+			if acked < rounds*clients {
+				t.Errorf("only %d commits acknowledged before the shutdowns", acked)
+			}
+		})
 	}
 }

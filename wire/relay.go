@@ -12,6 +12,10 @@ import (
 // errTerminate is the client's Terminate message: a clean end.
 var errTerminate = errors.New("client sent Terminate")
 
+// errShuttingDown is a request that arrived after shutdown closed the
+// session; it was not forwarded.
+var errShuttingDown = errors.New("querycop is shutting down")
+
 // relay copies messages both ways until one side ends, starting with
 // pending, bytes already read from the client. The client side runs on the
 // calling goroutine, the backend side on one more; whichever ends first
@@ -53,7 +57,7 @@ func (ss *session) relay(back net.Conn, pending []byte) (string, pool.ReleaseSta
 	var cw *clientWriteError
 	var bw *backendWriteError
 	switch {
-	case ss.killed.Load():
+	case ss.killed.Load(), errors.Is(clientErr, errShuttingDown):
 		state.Clean = false
 		return "shutdown", state
 	case backendFirst && errors.As(backErr, &cw):
@@ -122,13 +126,15 @@ func (ss *session) pumpClient(back net.Conn, f *framer, pending []byte) error {
 		if n > 0 {
 			before := f.answered
 			stop, ferr := f.feed(buf[:n], 'X')
-			ss.outstanding.Add(int64(f.answered - before))
 			end := n
 			if stop >= 0 {
 				end = stop
 			}
 			if ferr != nil {
 				return ferr
+			}
+			if !ss.admitRequests(int64(f.answered-before), !settled(f.last)) {
+				return errShuttingDown
 			}
 			if end > 0 {
 				if _, werr := back.Write(buf[:end]); werr != nil {
@@ -163,14 +169,17 @@ func (ss *session) pumpBackend(back net.Conn, f *framer) error {
 				return ferr
 			}
 			ss.txStatus.Store(uint32(f.txStatus))
-			if f.answered > before && ss.outstanding.Add(int64(before-f.answered)) == 0 {
-				ss.armIdle() // everything answered: the client's idle time starts
-			}
 			ss.writeMu.Lock()
 			_, werr := ss.conn.Write(buf[:n])
 			ss.writeMu.Unlock()
 			if werr != nil {
 				return &clientWriteError{werr}
+			}
+			// Counted once written, so shutdown never closes the client
+			// between an answer's arrival and its relaying.
+			if f.answered > before && ss.outstanding.Add(int64(before-f.answered)) == 0 {
+				ss.armIdle() // everything answered: the client's idle time starts
+				ss.answered()
 			}
 			ss.rc.bytesOut.Add(int64(n))
 			ss.rc.msgsOut.Add(f.messages - counted)
@@ -206,6 +215,9 @@ func (ss *session) armIdle() {
 	// client side then clear it, leaving an idle client with no deadline.
 	ss.idleMu.Lock()
 	defer ss.idleMu.Unlock()
+	if ss.killed.Load() {
+		return // kill set a read deadline that must stay
+	}
 	timeout := cfg.ClientIdleTimeout
 	if tx := byte(ss.txStatus.Load()); tx == 'T' || tx == 'E' {
 		timeout = cfg.IdleInTransactionTimeout

@@ -144,8 +144,9 @@ func (s *Server) Serve() error {
 }
 
 // Shutdown stops accepting clients and waits for running sessions to end
-// until ctx is done; sessions still running then get a FATAL 57P01 and are
-// closed.
+// until ctx is done; then each session is closed with a FATAL 57P01 once it
+// is between requests, and after ShutdownAnswerWait whatever it is doing
+// (see shutdown.go). It returns at most ShutdownBound after ctx is done.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if s.ln != nil {
 		s.ln.Close()
@@ -160,14 +161,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
-	s.mu.Lock()
-	for ss := range s.live {
-		ss.kill(fatal(codeAdminShutdown, "querycop is shutting down"), "shutdown")
+	answerWait := ShutdownAnswerWait
+	if ctx.Err() == context.Canceled {
+		answerWait = 0 // Close: no grace
 	}
-	s.mu.Unlock()
+	if answerWait > 0 {
+		for _, ss := range s.snapshot() {
+			ss.drain()
+		}
+		t := time.NewTimer(answerWait)
+		select {
+		case <-done:
+			t.Stop()
+			s.cancel()
+			return nil
+		case <-t.C:
+		}
+	}
+	// Sessions that started after the snapshot are in the next one.
+	for _, ss := range s.snapshot() {
+		ss.forceClose()
+	}
 	s.cancel()
-	<-done
-	return nil
+	t := time.NewTimer(shutdownWriteWait + shutdownExitWait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		n := len(s.snapshot())
+		s.log.Warn().Int("sessions", n).Msg("shutdown: sessions still running after being closed; not waiting for them")
+		return fmt.Errorf("shutdown: %d sessions did not end", n)
+	}
 }
 
 // Close stops accepting and ends every session at once.

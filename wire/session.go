@@ -49,6 +49,14 @@ type session struct {
 	writeMu sync.Mutex                 // client writes: relay vs. kill
 	killed  atomic.Bool
 
+	// Shutdown (see shutdown.go): gateMu orders the client side's "forward
+	// this request" against shutdown's "close now, between requests".
+	draining   atomic.Bool
+	gateMu     sync.Mutex
+	gateClosed bool // nothing more is forwarded (gateMu)
+	midBatch   bool // session mode: extended protocol before its Sync (gateMu)
+	txBusy     bool // transaction mode: a backend is attached or being attached (gateMu)
+
 	overLimit bool // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
 
 	// For the idle timeouts: the last ReadyForQuery status of the attached
@@ -525,20 +533,6 @@ func (ss *session) sharedLog() *zerolog.Logger {
 		return l
 	}
 	return &ss.srv.log
-}
-
-// kill ends a session from outside (shutdown): the client gets resp, and
-// both sockets are unblocked.
-func (ss *session) kill(resp *pgproto3.ErrorResponse, reason string) {
-	if !ss.killed.CompareAndSwap(false, true) {
-		return
-	}
-	ss.sharedLog().Info().Str("reason", reason).Msg("closing client")
-	ss.send(resp)
-	_ = ss.conn.SetReadDeadline(time.Now())
-	if lease := ss.lease.Load(); lease != nil {
-		_ = lease.Conn().NetConn().SetReadDeadline(time.Now())
-	}
 }
 
 // remoteIP is the client's address without its port, for per-address limits.

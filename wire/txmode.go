@@ -481,6 +481,9 @@ func (tx *txSession) makeRoom(out []byte, att *attachment, seq int) []byte {
 // and brings its settings in line with the client's.
 func (tx *txSession) attach() (*attachment, error) {
 	ss := tx.ss
+	if !ss.beginTx() {
+		return nil, errShuttingDown
+	}
 	start := time.Now()
 	lease, err := tx.pl.Acquire(ss.srv.ctx)
 	if err != nil {
@@ -615,6 +618,7 @@ func (tx *txSession) endAttachment(att *attachment, leftover bool) {
 	}
 	relayBufs.Put(att.rbuf)
 	relayBufs.Put(att.obuf)
+	tx.ss.endTx()
 }
 
 // settingsError is a client setting the server refused when it was applied
@@ -635,6 +639,9 @@ func (tx *txSession) failAttach(err error) string {
 	var bw *backendWriteError
 	if errors.As(err, &bw) {
 		return "backend-gone"
+	}
+	if errors.Is(err, errShuttingDown) {
+		return "shutdown" // the client gets 57P01 from shutdown
 	}
 	tx.ss.refuse(err)
 	return reasonOf(err)

@@ -116,7 +116,15 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	defer cancel()
 	err = srv.Shutdown(shutdownCtx)
 	<-served
-	pools.Close()
+	// Every session has released its backend by now, unless Shutdown gave
+	// up on one: closing the pools then must not wait for it forever.
+	closed := make(chan struct{})
+	go func() { pools.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		log.Warn().Msg("shutdown: backend connections still in use after 5s; exiting without waiting for them")
+	}
 	apiCtx, apiCancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer apiCancel()
 	_ = api.Shutdown(apiCtx)
