@@ -414,8 +414,8 @@ func TestProtocolNegotiation(t *testing.T) {
 		t.Fatalf("got %#v, want NegotiateProtocolVersion then a password request", got)
 	}
 	npv, ok := got[0].(*pgproto3.NegotiateProtocolVersion)
-	if !ok || npv.NewestMinorProtocol != 0 || len(npv.UnrecognizedOptions) != 1 || npv.UnrecognizedOptions[0] != "_pq_.something" {
-		t.Errorf("got %#v, want NegotiateProtocolVersion 0 with _pq_.something", got[0])
+	if !ok || npv.NewestMinorProtocol != 196608 || len(npv.UnrecognizedOptions) != 1 || npv.UnrecognizedOptions[0] != "_pq_.something" {
+		t.Errorf("got %#v, want NegotiateProtocolVersion 196608 with _pq_.something", got[0])
 	}
 	if _, ok := got[1].(*pgproto3.AuthenticationCleartextPassword); !ok {
 		t.Errorf("got %#v, want AuthenticationCleartextPassword", got[1])

@@ -25,7 +25,7 @@ func clientSettings(params map[string]string) ([]startupSetting, error) {
 		switch strings.ToLower(v) {
 		case "false", "off", "no", "0":
 		default:
-			return nil, fmt.Errorf("querycop does not support replication connections (start-up parameter \"replication\" is %q)", v)
+			return nil, fmt.Errorf("querycop does not support replication connections (start-up parameter \"replication\" is %s)", quoteName(v))
 		}
 	}
 	settings, err := parseOptions(params["options"])
@@ -83,11 +83,11 @@ func parseOptions(opts string) ([]startupSetting, error) {
 		case strings.HasPrefix(w, "--") && len(w) > 2:
 			arg, shown = w[2:], w
 		default:
-			return nil, fmt.Errorf("unsupported start-up option %q in \"options\": only -c name=value and --name=value are supported by querycop", w)
+			return nil, fmt.Errorf("unsupported start-up option %s in \"options\": only -c name=value and --name=value are supported by querycop", quoteName(w))
 		}
 		name, value, ok := strings.Cut(arg, "=")
 		if !ok || name == "" {
-			return nil, fmt.Errorf("start-up option %q in \"options\" requires name=value", shown)
+			return nil, fmt.Errorf("start-up option %s in \"options\" requires name=value", quoteName(shown))
 		}
 		// As ParseLongOption does, so --search-path=x sets search_path.
 		name = strings.ReplaceAll(name, "-", "_")

@@ -262,20 +262,22 @@ func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte
 // startup reads start-up packets until a StartupMessage, answering SSL and
 // GSS encryption requests on the way. It returns nil after a CancelRequest.
 func (ss *session) startup() (*startupMessage, error) {
+	// As PostgreSQL's ProcessStartupPacket: one SSLRequest and one
+	// GSSENCRequest at most, and neither inside TLS; a repeat is treated as
+	// the unknown protocol version it then is.
+	sslDone, gssDone := false, false
 	for {
 		pkt, err := readStartupPacket(ss.conn)
 		if err != nil {
 			return nil, err
 		}
 		switch {
-		case pkt.code == codeSSLRequest:
+		case pkt.code == codeSSLRequest && !sslDone:
 			if len(pkt.body) != 0 {
-				return nil, protocolErrorf("invalid length of SSLRequest")
+				return nil, protocolErrorf("invalid length of startup packet")
 			}
-			if ss.tls || ss.srv.tls == nil {
-				if ss.tls {
-					return nil, protocolErrorf("SSLRequest received twice")
-				}
+			sslDone = true
+			if ss.srv.tls == nil {
 				if _, err := ss.conn.Write([]byte{'N'}); err != nil {
 					return nil, err
 				}
@@ -290,8 +292,13 @@ func (ss *session) startup() (*startupMessage, error) {
 			}
 			ss.conn = tc
 			ss.tls = true
-		case pkt.code == codeGSSENCRequest:
+			gssDone = true
+		case pkt.code == codeGSSENCRequest && !gssDone:
+			if len(pkt.body) != 0 {
+				return nil, protocolErrorf("invalid length of startup packet")
+			}
 			// No GSSAPI encryption; the client goes on in plaintext or TLS.
+			gssDone = true
 			if _, err := ss.conn.Write([]byte{'N'}); err != nil {
 				return nil, err
 			}
@@ -331,9 +338,12 @@ func (ss *session) admit(msg *startupMessage) (backend.Params, []startupSetting,
 		db = user
 	}
 	// PostgreSQL answers a newer minor version, or protocol options it does
-	// not know, with NegotiateProtocolVersion and goes on with 3.0.
+	// not know, with NegotiateProtocolVersion and goes on with 3.0. Despite
+	// the field's documented name it sends the whole version number
+	// (PG_PROTOCOL_LATEST, 196608 for 3.0), and libpq 18 and pgjdbc read it
+	// so.
 	if msg.minor > 0 || len(msg.pqOptions) > 0 {
-		buf, err := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: msg.pqOptions}).Encode(nil)
+		buf, err := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: protocol30, UnrecognizedOptions: msg.pqOptions}).Encode(nil)
 		if err != nil {
 			return backend.Params{}, nil, err
 		}
@@ -371,13 +381,13 @@ func (ss *session) authenticate(user string) (string, error) {
 		password, err := ss.authenticateFromFile(user, entry)
 		if errors.Is(err, errBadPassword) {
 			ss.srv.failures.record(addr)
-			return "", &clientError{fatal(codeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user)), "client-auth-failed"}
+			return "", &clientError{fatal(codeInvalidPassword, "password authentication failed for user "+quoteName(user)), "client-auth-failed"}
 		}
 		if err == nil && !ss.srv.tokenMode && password == "" {
 			// Start-up refuses hashed entries in pass-through mode; one
 			// added later by a reload cannot log in to PostgreSQL either.
 			return "", &clientError{fatal(codeInvalidAuthorization, fmt.Sprintf(
-				"user %q has a hashed entry in GATEKEEPER_CLIENT_AUTH_FILE, but pass-through mode logs in to PostgreSQL with the password: use a plain-text entry for this user", user)), "client-auth-failed"}
+				"user %s has a hashed entry in GATEKEEPER_CLIENT_AUTH_FILE, but pass-through mode logs in to PostgreSQL with the password: use a plain-text entry for this user", quoteName(user))), "client-auth-failed"}
 		}
 		return password, err
 	}
@@ -396,7 +406,7 @@ func (ss *session) authenticate(user string) (string, error) {
 		return "", errClientGone
 	}
 	if typ != 'p' {
-		return "", protocolErrorf("expected password response, got message type %q", typ)
+		return "", protocolErrorf("expected password response, got message type %d", typ)
 	}
 	if len(body) == 0 || body[len(body)-1] != 0 {
 		return "", protocolErrorf("invalid password packet")

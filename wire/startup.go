@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode/utf8"
 )
 
 // Start-up packet codes, from PostgreSQL's src/include/libpq/pqcomm.h.
@@ -14,6 +15,8 @@ const (
 	codeSSLRequest    = 80877103 // NEGOTIATE_SSL_CODE
 	codeGSSENCRequest = 80877104 // NEGOTIATE_GSS_CODE
 	codeCancelRequest = 80877102 // CANCEL_REQUEST_CODE
+
+	protocol30 = 3 << 16 // PG_PROTOCOL(3, 0)
 )
 
 // Start-up packet bounds: PostgreSQL's MAX_STARTUP_PACKET_LENGTH is 10000,
@@ -96,7 +99,7 @@ func parseStartupMessage(code uint32, body []byte) (*startupMessage, error) {
 		}
 		value, rest, ok := cutNUL(rest)
 		if !ok {
-			return nil, protocolErrorf("invalid startup packet layout: missing value for parameter %q", key)
+			return nil, protocolErrorf("invalid startup packet layout: missing value for parameter %s", quoteName(key))
 		}
 		body = rest
 		if strings.HasPrefix(key, "_pq_.") {
@@ -125,11 +128,34 @@ func readMessage(r io.Reader, max int) (typ byte, body []byte, err error) {
 	}
 	length := binary.BigEndian.Uint32(hdr[1:])
 	if length < 4 || int(length)-4 > max {
-		return 0, nil, protocolErrorf("invalid message length %d for message type %q", length, hdr[0])
+		return 0, nil, protocolErrorf("invalid message length %d for message type %d", length, hdr[0])
 	}
 	body = make([]byte, length-4)
 	if _, err := io.ReadFull(r, body); err != nil {
 		return 0, nil, unexpectedEOF(err)
 	}
 	return hdr[0], body, nil
+}
+
+// quoteName puts a client-supplied name in double quotes as PostgreSQL's
+// messages do, with nothing escaped, cut to maxQuoted bytes so a hostile
+// client cannot make a log line or an error message kilobytes long.
+func quoteName(s string) string {
+	return `"` + clip(s) + `"`
+}
+
+// maxQuoted is the longest client-supplied value the gateway repeats in a
+// message or log line; a longer one is cut, marked with "...".
+const maxQuoted = 64
+
+// clip cuts s to maxQuoted bytes, on a UTF-8 boundary.
+func clip(s string) string {
+	if len(s) <= maxQuoted {
+		return s
+	}
+	i := maxQuoted
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "..."
 }
