@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -234,7 +236,7 @@ func (s *Server) protect(next http.HandlerFunc) http.HandlerFunc {
 			writeJSON(w, http.StatusForbidden, map[string]string{"error": "ADMIN_API_KEY is unset, so this endpoint is disabled; set ADMIN_API_KEY and restart"})
 			return
 		}
-		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		given, ok := bearer(r.Header.Get("Authorization"))
 		if !ok || subtle.ConstantTimeCompare([]byte(given), s.key) != 1 {
 			s.logDenied(r)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="querycop"`)
@@ -243,6 +245,16 @@ func (s *Server) protect(next http.HandlerFunc) http.HandlerFunc {
 		}
 		next(w, r)
 	}
+}
+
+// bearer returns the credential of an Authorization header of the Bearer
+// scheme, whose name is case-insensitive (RFC 9110 §11.1).
+func bearer(header string) (string, bool) {
+	scheme, cred, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimLeft(cred, " "), true
 }
 
 // logDenied logs refused callers at most once every 10 seconds, with how
@@ -273,9 +285,7 @@ type resizeRequest struct {
 
 func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 	var req resizeRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := decodeStrict(http.MaxBytesReader(w, r.Body, 4096), &req); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body must be JSON like {\"size\": 30, \"database\": \"appdb\", \"user\": \"app\"} (database and user optional): " + err.Error()})
 		return
 	}
@@ -286,6 +296,34 @@ func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 	n := s.deps.Pools.Resize(req.Database, req.User, req.Size)
 	s.log.Info().Int("size", req.Size).Str("db", req.Database).Str("user", req.User).Int("pools", n).Msg("pool size changed through the admin API")
 	writeJSON(w, http.StatusOK, map[string]any{"size": req.Size, "pools_changed": n})
+}
+
+// decodeStrict decodes one JSON object into v, a struct with json tags,
+// refusing what encoding/json lets through: data after the object, and
+// field names that match a tag only case-insensitively ({"SIZE": 6}) or
+// not at all.
+func decodeStrict(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	var fields map[string]json.RawMessage
+	if err := dec.Decode(&fields); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the JSON object")
+	}
+	known := map[string]bool{}
+	t := reflect.TypeOf(v).Elem()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		known[name] = true
+	}
+	for name := range fields {
+		if !known[name] {
+			return fmt.Errorf("unknown field %q", name)
+		}
+	}
+	whole, _ := json.Marshal(fields)
+	return json.Unmarshal(whole, v)
 }
 
 func (s *Server) clients(w http.ResponseWriter, _ *http.Request) {

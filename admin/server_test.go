@@ -81,6 +81,22 @@ func TestAuth(t *testing.T) {
 					t.Errorf("%s: 401 body does not say how to authenticate: %s", tc.name, body)
 				}
 			}
+			// The scheme's name is case-insensitive (RFC 9110).
+			if !ep.open && ep.method == "GET" && !strings.HasPrefix(ep.path, "/debug/pprof/profile") && !strings.HasPrefix(ep.path, "/debug/pprof/trace") {
+				for _, scheme := range []string{"bearer", "BEARER", "bEaReR"} {
+					req, _ := http.NewRequest(ep.method, g.api+ep.path, nil)
+					req.Header.Set("Authorization", scheme+" "+adminKey)
+					resp, err := g.http.Do(req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						t.Errorf("scheme %q: %s %s = %d, want 200", scheme, ep.method, ep.path, resp.StatusCode)
+					}
+				}
+			}
 			// The key goes in a bearer header; any other scheme is refused.
 			if !ep.open {
 				req, _ := http.NewRequest(ep.method, g.api+ep.path, strings.NewReader(ep.body))
@@ -299,6 +315,8 @@ func TestResizeUnderLoad(t *testing.T) {
 		for _, body := range []string{
 			``, `not json`, `{"size": 0}`, `{"size": -3}`, `{"size": 100001}`, `{"size": "6"}`,
 			`{"size": 6, "pool": "appdb"}`, `{"size": 6.5}`, `[6]`,
+			// Strict: one object, field names exactly as documented.
+			`{"size":5}{"size":6}`, `{"size": 6} x`, `{"SIZE": 6}`, `{"Size": 6}`, `{"size": 6, "User": "u_scram"}`,
 		} {
 			status, resp := g.call(t, "PUT", "/v1/pools/size", adminKey, body)
 			var e struct{ Error string }
