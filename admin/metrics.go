@@ -20,7 +20,7 @@ type collector struct {
 	dialFailures                                              *prometheus.Desc
 	clientsConnected, clientsRefused, relayBytes, relayMsgs   *prometheus.Desc
 	tokenMints, tokenFailures, tokenConsecutive, tokenExpiry  *prometheus.Desc
-	paused, readyDesc                                         *prometheus.Desc
+	paused, readyDesc, probes                                 *prometheus.Desc
 	transactions, queries, backendWait, backendHeld, prepared *prometheus.Desc
 }
 
@@ -46,6 +46,7 @@ func newCollector(deps Deps, ready func(context.Context) bool) *collector {
 		dialFailures:     d("pool_dial_failures_total", "Failed attempts to open a backend connection.", pl...),
 		clientsConnected: d("clients_connected", "Client connections open on the pool port."),
 		clientsRefused:   d("clients_refused_total", "Clients refused, by reason.", "reason"),
+		probes:           d("client_probes_total", "Connections to the pool port closed before their first byte (TCP health checks)."),
 		relayBytes:       d("relay_bytes_total", "Bytes relayed, by direction (from_clients, to_clients).", "direction"),
 		relayMsgs:        d("relay_messages_total", "Protocol messages relayed, by direction (from_clients, to_clients).", "direction"),
 		tokenMints:       d("token_mints_total", "Successful runs of the token command.", "user"),
@@ -120,6 +121,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for reason, n := range st.Refused {
 			counter(c.clientsRefused, float64(n), reason)
 		}
+		counter(c.probes, float64(st.Probes))
 		counter(c.relayBytes, float64(st.BytesFromClients), "from_clients")
 		counter(c.relayBytes, float64(st.BytesToClients), "to_clients")
 		counter(c.relayMsgs, float64(st.MessagesFromClients), "from_clients")

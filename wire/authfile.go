@@ -180,6 +180,9 @@ func hmacSHA256(key []byte, msg string) []byte {
 // Reload (SIGHUP).
 type authFile struct {
 	path string
+	// onReload is told of a reload lookup made by itself (the file
+	// changed), so it is logged as SIGHUP's is.
+	onReload func(users int)
 
 	mu      sync.RWMutex
 	users   map[string]*authEntry
@@ -231,6 +234,12 @@ func (af *authFile) lookup(user string) (*authEntry, error) {
 			af.mu.RUnlock()
 			if changed {
 				err = af.reload()
+				if err == nil && af.onReload != nil {
+					af.mu.RLock()
+					n := len(af.users)
+					af.mu.RUnlock()
+					af.onReload(n)
+				}
 			}
 		}
 		af.mu.Lock()

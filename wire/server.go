@@ -83,6 +83,9 @@ func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger) (*Se
 		if err != nil {
 			return nil, fmt.Errorf("reading GATEKEEPER_CLIENT_AUTH_FILE: %w", err)
 		}
+		af.onReload = func(users int) {
+			log.Info().Int("users", users).Msg("GATEKEEPER_CLIENT_AUTH_FILE changed on disk: reloaded")
+		}
 		s.auth = af
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())

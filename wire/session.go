@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -78,6 +79,10 @@ func (ss *session) setView(update func(*ClientInfo)) {
 	update(&ss.view)
 	ss.infoMu.Unlock()
 }
+
+// errProbe is a connection closed before its first byte: a TCP health
+// check (a Kubernetes tcpSocket probe, a load balancer), not a client.
+var errProbe = errors.New("connection closed without sending a byte")
 
 // errClientGone is a client that left during start-up without a word; psql
 // does this on purpose when it learns it must prompt for a password.
@@ -266,9 +271,12 @@ func (ss *session) startup() (*startupMessage, error) {
 	// GSSENCRequest at most, and neither inside TLS; a repeat is treated as
 	// the unknown protocol version it then is.
 	sslDone, gssDone := false, false
-	for {
+	for first := true; ; first = false {
 		pkt, err := readStartupPacket(ss.conn)
 		if err != nil {
+			if first && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+				return nil, errProbe
+			}
 			return nil, err
 		}
 		switch {
@@ -427,6 +435,9 @@ func (ss *session) failStartup(err error) {
 	var te *tlsHandshakeError
 	var ne net.Error
 	switch {
+	case errors.Is(err, errProbe):
+		ss.srv.counters.probes.Add(1)
+		ss.log.Debug().Msg("connection closed without a byte: a TCP probe")
 	case errors.Is(err, errClientGone), errors.Is(err, io.EOF):
 		ss.log.Debug().Str("reason", "client-gone").Msg("client left during start-up")
 	case errors.As(err, &ce):

@@ -23,6 +23,7 @@ type ClientInfo struct {
 type Stats struct {
 	Connected           int64            `json:"connected"`
 	Refused             map[string]int64 `json:"refused_by_reason"`
+	Probes              int64            `json:"probes"` // connections closed before their first byte
 	BytesFromClients    int64            `json:"bytes_from_clients"`
 	BytesToClients      int64            `json:"bytes_to_clients"`
 	MessagesFromClients int64            `json:"messages_from_clients"`
@@ -64,7 +65,8 @@ func (c *relayCounters) addTo(dst *relayCounters) {
 }
 
 type serverCounters struct {
-	ended relayCounters // totals of sessions that have ended
+	ended  relayCounters // totals of sessions that have ended
+	probes atomic.Int64
 
 	mu      sync.Mutex
 	refused map[string]int64
@@ -93,6 +95,7 @@ func (s *Server) Stats() Stats {
 		BytesFromClients: sum.bytesIn.Load(), BytesToClients: sum.bytesOut.Load(),
 		MessagesFromClients: sum.msgsIn.Load(), MessagesToClients: sum.msgsOut.Load(),
 		Refused:      map[string]int64{},
+		Probes:       s.counters.probes.Load(),
 		Transactions: sum.transactions.Load(), Queries: sum.queries.Load(),
 		BackendWait: time.Duration(sum.waitNanos.Load()), BackendHeld: time.Duration(sum.heldNanos.Load()),
 		PreparedStatementHits: sum.prepHits.Load(), PreparedStatementMisses: sum.prepMisses.Load(),
