@@ -372,9 +372,10 @@ func (e *clientError) Error() string { return e.resp.Message }
 
 // authenticate checks the client. With GATEKEEPER_CLIENT_AUTH_FILE the
 // gateway verifies it (SCRAM or MD5) and returns the file's plain-text
-// password if there is one. Otherwise it asks for a password: in
-// pass-through mode that is the backend credential; in token mode it is
-// read and dropped, never forwarded, logged or kept.
+// password if there is one. Otherwise, in pass-through mode, it asks for
+// the password, which is the backend credential; in token mode it asks for
+// nothing: a password would protect nothing (it would be dropped), and
+// libpq refuses to send an empty one, so asking only made users invent one.
 func (ss *session) authenticate(user string) (string, error) {
 	if ss.srv.auth != nil {
 		addr := remoteIP(ss.conn)
@@ -399,6 +400,9 @@ func (ss *session) authenticate(user string) (string, error) {
 		}
 		return password, err
 	}
+	if ss.srv.tokenMode {
+		return "", nil
+	}
 	buf, _ := (&pgproto3.AuthenticationCleartextPassword{}).Encode(nil)
 	if _, err := ss.conn.Write(buf); err != nil {
 		return "", err
@@ -418,10 +422,6 @@ func (ss *session) authenticate(user string) (string, error) {
 	}
 	if len(body) == 0 || body[len(body)-1] != 0 {
 		return "", protocolErrorf("invalid password packet")
-	}
-	if ss.srv.tokenMode {
-		clear(body)
-		return "", nil
 	}
 	return string(body[:len(body)-1]), nil
 }
