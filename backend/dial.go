@@ -34,6 +34,10 @@ type Params struct {
 	Database string
 	// Password is the client's own password, used in pass-through mode only.
 	Password string
+	// SCRAM, when set, logs in with these keys instead of Password
+	// (pass-through mode, when the gateway checked the client against a
+	// SCRAM verifier and so never saw its password).
+	SCRAM *SCRAMKeys
 	// Runtime holds the other start-up parameters (application_name,
 	// options, ...), sent to the server in its StartupMessage.
 	Runtime map[string]string
@@ -164,6 +168,9 @@ const (
 // connect makes one attempt. usedTLS reports whether TLS was negotiated (or
 // its handshake attempted), for the prefer fallback.
 func (d *Dialer) connect(ctx context.Context, p Params, password string, policy tlsPolicy) (*Conn, bool, error) {
+	if p.SCRAM != nil && d.tokens == nil {
+		return d.connectWithKeys(ctx, p, policy)
+	}
 	cfg := d.base.Copy()
 	cfg.User = p.User
 	cfg.Database = p.Database

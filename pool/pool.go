@@ -10,6 +10,7 @@ import (
 	"maps"
 	mathrand "math/rand/v2"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,8 +29,9 @@ type Dialer interface {
 }
 
 // Key names one pool. In pass-through mode it includes a keyed hash of the
-// client's password, so a session is only ever handed a connection that was
-// authenticated with its own credential; the password is not part of it.
+// client's credential (its password, or the SCRAM keys recovered from its
+// proof), so a session is only ever handed a connection that was
+// authenticated with its own credential; the credential is not part of it.
 type Key struct {
 	Database   string
 	User       string
@@ -80,7 +82,16 @@ func (ps *Pools) Admit(ctx context.Context, p backend.Params) (*Pool, error) {
 	key := Key{Database: p.Database, User: p.User}
 	if !ps.tokenMode {
 		mac := hmac.New(sha256.New, ps.salt[:])
-		mac.Write([]byte(p.Password))
+		if p.SCRAM != nil {
+			// A distinct prefix: keys and a password never share a pool.
+			mac.Write([]byte("scram\x00"))
+			mac.Write(p.SCRAM.ClientKey)
+			mac.Write(p.SCRAM.Salt)
+			mac.Write([]byte(strconv.Itoa(p.SCRAM.Iterations)))
+		} else {
+			mac.Write([]byte("password\x00"))
+			mac.Write([]byte(p.Password))
+		}
 		mac.Sum(key.credential[:0])
 	}
 	ps.mu.Lock()
@@ -96,7 +107,7 @@ func (ps *Pools) Admit(ctx context.Context, p backend.Params) (*Pool, error) {
 	pl.clients.Add(1)
 	ps.mu.Unlock()
 
-	if err := pl.admit(ctx, p.Password); err != nil {
+	if err := pl.admit(ctx, p); err != nil {
 		pl.Leave()
 		return nil, err
 	}
@@ -154,6 +165,7 @@ type Pool struct {
 	mu       sync.Mutex
 	old      []*puddle.Pool[*conn] // puddles replaced by a resize, until empty
 	password string                // pass-through: the verified credential, for dials; never logged
+	scram    *backend.SCRAMKeys    // pass-through: or these keys instead of a password; never logged
 	params   map[string]string
 	live     map[*conn]struct{}
 	lastUsed time.Time
@@ -212,7 +224,7 @@ func (pl *Pool) adopt(res *puddle.Resource[*conn]) {
 	}
 }
 
-func (pl *Pool) admit(ctx context.Context, password string) error {
+func (pl *Pool) admit(ctx context.Context, p backend.Params) error {
 	pl.admitMu.Lock()
 	defer pl.admitMu.Unlock()
 	// Clients queue here while one of them checks with the server; if that
@@ -222,7 +234,7 @@ func (pl *Pool) admit(ctx context.Context, password string) error {
 	if pl.lastAdmitErr != nil && time.Since(pl.lastAdmitAt) < admitErrorReuse {
 		return pl.lastAdmitErr
 	}
-	err := pl.admitLocked(ctx, password)
+	err := pl.admitLocked(ctx, p)
 	pl.lastAdmitErr = nil
 	if err != nil && transient(err) {
 		pl.lastAdmitErr, pl.lastAdmitAt = err, time.Now()
@@ -234,7 +246,7 @@ func (pl *Pool) admit(ctx context.Context, password string) error {
 // that waited for it.
 const admitErrorReuse = time.Second
 
-func (pl *Pool) admitLocked(ctx context.Context, password string) error {
+func (pl *Pool) admitLocked(ctx context.Context, p backend.Params) error {
 	if pl.ps.tokenMode {
 		if pl.StartupParams() != nil {
 			return nil
@@ -250,7 +262,7 @@ func (pl *Pool) admitLocked(ctx context.Context, password string) error {
 		return nil
 	}
 	pl.mu.Lock()
-	pl.password = password
+	pl.password, pl.scram = p.Password, p.SCRAM
 	pl.mu.Unlock()
 	err := pl.verify(ctx)
 	if err != nil {
@@ -297,7 +309,7 @@ func (pl *Pool) create(ctx context.Context) error {
 func (pl *Pool) dialParams() backend.Params {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	return backend.Params{User: pl.key.User, Database: pl.key.Database, Password: pl.password}
+	return backend.Params{User: pl.key.User, Database: pl.key.Database, Password: pl.password, SCRAM: pl.scram}
 }
 
 func (pl *Pool) construct(ctx context.Context) (*conn, error) {

@@ -25,6 +25,9 @@ type authEntry struct {
 	// still checked with SCRAM (against a verifier derived at load), and in
 	// pass-through mode the password logs in to PostgreSQL.
 	plain string
+	// scram is the verifier. For a SCRAM entry it must be the server's own
+	// (same salt and iterations) for pass-through mode to log in with the
+	// keys recovered from the client's proof.
 	scram *scramVerifier
 	md5   string // hex of md5(password + user), without the "md5" prefix
 }
@@ -251,28 +254,41 @@ func (af *authFile) lookup(user string) (*authEntry, error) {
 	return af.users[user], err
 }
 
-// hashedUsers lists users whose entry is not plain text.
-func (af *authFile) hashedUsers() []string {
+// md5Users lists users whose entry is an MD5 hash.
+func (af *authFile) md5Users() []string {
 	af.mu.RLock()
 	defer af.mu.RUnlock()
 	var out []string
 	for user, e := range af.users {
-		if e.plain == "" {
+		if e.md5 != "" {
 			out = append(out, user)
 		}
 	}
 	return out
 }
 
-// AuthFileHashedUsers lists the users of a client auth file whose entry is
-// a SCRAM or MD5 hash: in pass-through mode the gateway cannot log in to
-// PostgreSQL for them, since it never learns their password.
-func AuthFileHashedUsers(path string) ([]string, error) {
+// AuthFileMD5Users lists the users of a client auth file whose entry is an
+// MD5 hash: in pass-through mode the gateway cannot log in to PostgreSQL
+// for them, since an MD5 exchange yields neither their password nor SCRAM
+// keys. (SCRAM entries are fine: the keys recovered from the client's
+// proof log in to a server holding the same secret.)
+func AuthFileMD5Users(path string) ([]string, error) {
 	af, err := loadAuthFile(path)
 	if err != nil {
 		return nil, err
 	}
-	users := af.hashedUsers()
+	users := af.md5Users()
 	slices.Sort(users)
 	return users, nil
+}
+
+// AuthFileHasPlain reports whether the auth file has a plain-text password
+// for user (the auth query's role may take its password from there).
+func AuthFileHasPlain(path, user string) bool {
+	af, err := loadAuthFile(path)
+	if err != nil {
+		return false
+	}
+	e, _ := af.lookup(user)
+	return e != nil && e.plain != ""
 }

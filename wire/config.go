@@ -22,6 +22,13 @@ type Config struct {
 	ClientIdleTimeout        time.Duration `env:"CLIENT_IDLE_TIMEOUT" envDefault:"0s" help:"close a client that sends nothing for this long outside a transaction (0: never)"`
 	IdleInTransactionTimeout time.Duration `env:"IDLE_IN_TRANSACTION_TIMEOUT" envDefault:"0s" help:"close a client that sends nothing for this long inside a transaction, rolling it back (0: never)"`
 	PoolMode                 PoolMode      `env:"POOL_MODE" envDefault:"session" help:"session (a client keeps its backend until it disconnects) or transaction (a client holds a backend only during a transaction)"`
+	// The auth query (PgBouncer's auth_user/auth_query): SCRAM verifiers of
+	// users not in the auth file, read from the server.
+	AuthUser          string        `env:"AUTH_USER" help:"role the gateway logs in as to run GATEKEEPER_AUTH_QUERY, which reads the SCRAM secret of clients not in GATEKEEPER_CLIENT_AUTH_FILE, so they log in with SCRAM end to end (empty: no auth query)"`
+	AuthPassword      string        `env:"AUTH_PASSWORD,unset" help:"pass-through mode: password of GATEKEEPER_AUTH_USER (default: its plain-text entry in GATEKEEPER_CLIENT_AUTH_FILE); token mode logs in with a minted token instead"`
+	AuthQuery         string        `env:"AUTH_QUERY" envDefault:"SELECT username, secret FROM querycop.lookup($1)" help:"query run as GATEKEEPER_AUTH_USER with the client's user name as $1; returns no row for an unknown user, else one row of (user name, secret from pg_authid)"`
+	AuthDatabase      string        `env:"AUTH_DBNAME" envDefault:"postgres" help:"database GATEKEEPER_AUTH_QUERY runs in (where its lookup function is created)"`
+	AuthQueryCacheTTL time.Duration `env:"AUTH_QUERY_CACHE_TTL" envDefault:"30s" help:"how long an auth query answer (secret found, unknown user) is reused for the same user; failed lookups are retried after a second"`
 	// MaxPreparedStatements bounds the protocol-level prepared statements
 	// transaction mode keeps on one backend connection.
 	MaxPreparedStatements int `env:"MAX_PREPARED_STATEMENTS" envDefault:"200" help:"transaction mode: most prepared statements kept on one backend connection (least recently used are closed)"`

@@ -119,7 +119,8 @@ func FuzzSCRAMServer(f *testing.F) {
 		v, _ := deriveSCRAMVerifier("secret", []byte("salt"), 1)
 		done := make(chan error, 1)
 		go func() {
-			done <- ss.scramExchange(v)
+			_, err := ss.scramExchange(v)
+			done <- err
 			server.Close()
 		}()
 		_ = client.SetDeadline(time.Now().Add(5 * time.Second))

@@ -22,7 +22,9 @@ import (
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
-	pgtest.Main(m, pgtest.Options{TLS: true}, &cluster)
+	// log_connections: the SCRAM tests read which method the server
+	// authenticated each login with.
+	pgtest.Main(m, pgtest.Options{TLS: true, ExtraConf: []string{"log_connections = on"}}, &cluster)
 }
 
 // secrets are every password and token the tests use; none may ever be logged.
@@ -98,7 +100,7 @@ func startPooledGateway(t *testing.T, bcfg backend.Config, pcfg pool.Config, adj
 	logs := &testkit.LogBuffer{}
 	log := zerolog.New(logs).Level(zerolog.TraceLevel)
 	pools := pool.New(pcfg, dialer, tokens != nil, log)
-	srv, err := wire.NewServer(wcfg, pools, tokens != nil, log)
+	srv, err := wire.NewServer(wcfg, pools, tokens != nil, log, wire.WithBackendDialer(dialer))
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}

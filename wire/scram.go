@@ -14,44 +14,58 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/querycop/querycop/backend"
 )
 
 // errBadPassword is a client whose credential did not match the auth file.
 var errBadPassword = errors.New("password authentication failed")
 
-// scramMechanism is the only SASL mechanism offered. Without -PLUS no
-// channel binding is negotiated, so a client that could bind ("y,,") is
-// accepted (RFC 5802 §6).
-const scramMechanism = "SCRAM-SHA-256"
+// The SASL mechanisms offered, as PostgreSQL does: -PLUS (channel binding
+// with tls-server-end-point) first, and only to a client on TLS.
+const (
+	scramMechanism     = "SCRAM-SHA-256"
+	scramPlusMechanism = "SCRAM-SHA-256-PLUS"
+)
 
 // authenticateFromFile checks the client against its auth file entry:
 // SCRAM-SHA-256 for SCRAM and plain-text entries, MD5 for md5 entries. A
 // user not in the file goes through a SCRAM exchange against a random
-// verifier, so the answer does not tell which users exist. It returns the
-// plain-text password when the file has one.
-func (ss *session) authenticateFromFile(user string, entry *authEntry) (string, error) {
+// verifier, so the answer does not tell which users exist. It returns what
+// the backend login can use: the plain-text password when the file has
+// one, or the SCRAM keys recovered from the client's proof.
+func (ss *session) authenticateFromFile(user string, entry *authEntry) (clientCredential, error) {
 	if entry != nil && entry.md5 != "" {
-		return "", ss.md5Exchange(entry.md5)
+		return clientCredential{}, ss.md5Exchange(entry.md5)
 	}
 	verifier := (*scramVerifier)(nil)
 	if entry != nil {
 		verifier = entry.scram
 	}
 	if verifier == nil {
-		// The same salt every time for a given name, as for a real user, so
-		// the exchange does not tell which users exist.
-		salt := hmacSHA256(ss.srv.decoySecret[:], "decoy salt for "+user)[:16]
-		key := make([]byte, sha256.Size)
-		_, _ = rand.Read(key)
-		verifier = &scramVerifier{iterations: scramIterations, salt: salt, storedKey: key, serverKey: key}
+		verifier = ss.srv.decoyVerifier(user)
 	}
-	if err := ss.scramExchange(verifier); err != nil {
-		return "", err
+	keys, err := ss.scramExchange(verifier)
+	if err != nil {
+		return clientCredential{}, err
 	}
 	if entry == nil {
-		return "", errBadPassword
+		return clientCredential{}, errBadPassword
 	}
-	return entry.plain, nil
+	if entry.plain != "" {
+		return clientCredential{password: entry.plain}, nil
+	}
+	return clientCredential{scram: keys}, nil
+}
+
+// decoyVerifier stands in for a user the gateway has no verifier for: the
+// same salt every time for a given name, as for a real user, and keys no
+// proof can match, so the exchange does not tell which users exist.
+func (s *Server) decoyVerifier(user string) *scramVerifier {
+	salt := hmacSHA256(s.decoySecret[:], "decoy salt for "+user)[:16]
+	key := make([]byte, sha256.Size)
+	_, _ = rand.Read(key)
+	return &scramVerifier{iterations: scramIterations, salt: salt, storedKey: key, serverKey: key}
 }
 
 func (ss *session) md5Exchange(stored string) error {
@@ -78,57 +92,75 @@ func (ss *session) md5Exchange(stored string) error {
 	return nil
 }
 
-func (ss *session) scramExchange(v *scramVerifier) error {
-	if err := ss.writeMsg(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{scramMechanism}}); err != nil {
-		return err
+// scramExchange is the server side of SCRAM-SHA-256(-PLUS) against v, as
+// PostgreSQL's auth-scram.c. On success it returns the keys that log in to
+// a server holding the same verifier: the ClientKey, recovered from the
+// proof (proof XOR HMAC(StoredKey, AuthMessage)), with v's ServerKey, salt
+// and iterations.
+func (ss *session) scramExchange(v *scramVerifier) (*backend.SCRAMKeys, error) {
+	cbData := ss.channelBindingData()
+	mechanisms := []string{scramMechanism}
+	if cbData != nil {
+		mechanisms = []string{scramPlusMechanism, scramMechanism}
+	}
+	if err := ss.writeMsg(&pgproto3.AuthenticationSASL{AuthMechanisms: mechanisms}); err != nil {
+		return nil, err
 	}
 	body, err := ss.readAuthMessage()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var initial pgproto3.SASLInitialResponse
 	if err := initial.Decode(body); err != nil {
-		return protocolErrorf("malformed SASLInitialResponse")
+		return nil, protocolErrorf("malformed SASLInitialResponse")
 	}
-	if initial.AuthMechanism != scramMechanism {
-		return protocolErrorf("client selected an invalid SASL authentication mechanism")
+	plus := initial.AuthMechanism == scramPlusMechanism && cbData != nil
+	if initial.AuthMechanism != scramMechanism && !plus {
+		return nil, protocolErrorf("client selected an invalid SASL authentication mechanism")
 	}
 	clientFirst := string(initial.Data)
-	gs2, bare, ok := splitGS2(clientFirst)
-	if !ok {
-		return protocolErrorf("malformed SCRAM message (client-first-message)")
+	gs2, bare, err := splitGS2(clientFirst, plus, cbData != nil)
+	if err != nil {
+		return nil, err
 	}
 	clientNonce, ok := scramAttr(bare, 'r')
 	if !ok || clientNonce == "" {
-		return protocolErrorf("malformed SCRAM message (missing client nonce)")
+		return nil, protocolErrorf("malformed SCRAM message (missing client nonce)")
 	}
 	nonceBytes := make([]byte, 18)
 	_, _ = rand.Read(nonceBytes)
 	nonce := clientNonce + base64.StdEncoding.EncodeToString(nonceBytes)
 	serverFirst := fmt.Sprintf("r=%s,s=%s,i=%d", nonce, base64.StdEncoding.EncodeToString(v.salt), v.iterations)
 	if err := ss.writeMsg(&pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}); err != nil {
-		return err
+		return nil, err
 	}
 	body, err = ss.readAuthMessage()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	clientFinal := string(body) // SASLResponse is the raw data
 	i := strings.LastIndex(clientFinal, ",p=")
 	if i < 0 {
-		return protocolErrorf("malformed SCRAM message (missing proof)")
+		return nil, protocolErrorf("malformed SCRAM message (missing proof)")
 	}
 	withoutProof, proofB64 := clientFinal[:i], clientFinal[i+3:]
+	// c= is the GS2 header, followed with -PLUS by the hash of the
+	// certificate this client was served: a man in the middle with another
+	// certificate cannot replay the client's proof to us.
+	wantBinding := []byte(gs2)
+	if plus {
+		wantBinding = append(wantBinding, cbData...)
+	}
 	binding, ok := scramAttr(withoutProof, 'c')
-	if !ok || binding != base64.StdEncoding.EncodeToString([]byte(gs2)) {
-		return protocolErrorf("SCRAM channel binding check failed")
+	if !ok || binding != base64.StdEncoding.EncodeToString(wantBinding) {
+		return nil, protocolErrorf("SCRAM channel binding check failed")
 	}
 	if got, ok := scramAttr(withoutProof, 'r'); !ok || got != nonce {
-		return protocolErrorf("SCRAM nonce mismatch")
+		return nil, protocolErrorf("SCRAM nonce mismatch")
 	}
 	proof, err := base64.StdEncoding.DecodeString(proofB64)
 	if err != nil || len(proof) != sha256.Size {
-		return protocolErrorf("malformed SCRAM message (invalid proof)")
+		return nil, protocolErrorf("malformed SCRAM message (invalid proof)")
 	}
 	authMessage := bare + "," + serverFirst + "," + withoutProof
 	clientSignature := hmacSHA256(v.storedKey, authMessage)
@@ -138,24 +170,61 @@ func (ss *session) scramExchange(v *scramVerifier) error {
 	}
 	stored := sha256.Sum256(clientKey)
 	if !hmac.Equal(stored[:], v.storedKey) {
-		return errBadPassword
+		return nil, errBadPassword
 	}
 	serverSignature := hmacSHA256(v.serverKey, authMessage)
 	final := "v=" + base64.StdEncoding.EncodeToString(serverSignature)
-	return ss.writeMsg(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+	if err := ss.writeMsg(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)}); err != nil {
+		return nil, err
+	}
+	return &backend.SCRAMKeys{ClientKey: clientKey, ServerKey: v.serverKey, Salt: v.salt, Iterations: v.iterations}, nil
 }
 
 // splitGS2 splits "n,,n=user,r=nonce" into the GS2 header ("n,,") and the
-// bare message. Channel binding ("p=") is refused: it was not offered.
-func splitGS2(msg string) (header, bare string, ok bool) {
-	if len(msg) < 3 || (msg[0] != 'n' && msg[0] != 'y') || msg[1] != ',' {
-		return "", "", false
+// bare message, with PostgreSQL's checks of the channel binding flag
+// against the mechanism chosen (plus) and whether -PLUS was offered.
+func splitGS2(msg string, plus, offeredPlus bool) (header, bare string, err error) {
+	if msg == "" {
+		return "", "", protocolErrorf("malformed SCRAM message (empty client-first-message)")
 	}
-	j := strings.IndexByte(msg[2:], ',')
-	if j < 0 {
-		return "", "", false
+	rest := ""
+	switch msg[0] {
+	case 'p':
+		name, after, ok := strings.Cut(msg, ",")
+		if !ok {
+			return "", "", protocolErrorf("malformed SCRAM message (client-first-message)")
+		}
+		if !plus {
+			return "", "", protocolErrorf("the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data")
+		}
+		if name != "p=tls-server-end-point" {
+			return "", "", protocolErrorf("unsupported SCRAM channel-binding type %q", strings.TrimPrefix(name, "p="))
+		}
+		rest = after
+	case 'y', 'n':
+		if len(msg) < 2 || msg[1] != ',' {
+			return "", "", protocolErrorf("malformed SCRAM message (client-first-message)")
+		}
+		if plus {
+			return "", "", protocolErrorf("the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data")
+		}
+		if msg[0] == 'y' && offeredPlus {
+			// The client could bind but believes we cannot: someone in
+			// between removed -PLUS from our offer (RFC 5802 §6).
+			return "", "", protocolErrorf("SCRAM channel binding negotiation error: the client supports SCRAM channel binding but thinks the server does not, and this server does support it")
+		}
+		rest = msg[2:]
+	default:
+		return "", "", protocolErrorf("malformed SCRAM message (unexpected channel-binding flag)")
 	}
-	return msg[:3+j], msg[3+j:], true
+	authzid, bare, ok := strings.Cut(rest, ",")
+	if !ok {
+		return "", "", protocolErrorf("malformed SCRAM message (client-first-message)")
+	}
+	if authzid != "" {
+		return "", "", protocolErrorf("client uses authorization identity, but it is not supported")
+	}
+	return msg[:len(msg)-len(bare)], bare, nil
 }
 
 // scramAttr finds attribute "k=value" in a comma-separated SCRAM message.

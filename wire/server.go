@@ -48,22 +48,27 @@ type Server struct {
 	clients  atomic.Int64
 	counters serverCounters
 
-	auth        *authFile // nil: the client's password is not checked here
+	auth        *authFile     // nil: the client's password is not checked here
+	authQuery   *authQuery    // nil: no GATEKEEPER_AUTH_USER
+	dialer      BackendDialer // for the auth query
 	failures    loginFailures
 	decoySecret [32]byte // salts the SCRAM exchange of users not in auth
 }
 
 // NewServer prepares a server; cfg must have passed Validate. In token mode
 // the client's password is read and discarded.
-func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger) (*Server, error) {
+func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger, opts ...Option) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, pools: pools, tokenMode: tokenMode,
 		byKey: map[cancelKey]*session{}, live: map[*session]struct{}{}}
+	for _, o := range opts {
+		o(s)
+	}
 	if cfg.TLSCert != "" {
 		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, log)
 		if err != nil {
 			return nil, fmt.Errorf("loading GATEKEEPER_PROXY_TLS_CERT and GATEKEEPER_PROXY_TLS_KEY: %w", err)
 		}
-		s.tls = &tls.Config{GetCertificate: certs.getCertificate, MinVersion: tls.VersionTLS12}
+		s.tls = &tls.Config{GetCertificate: recordServed(certs.getCertificate), MinVersion: tls.VersionTLS12}
 		if cfg.TLSClientCA != "" {
 			pem, err := os.ReadFile(cfg.TLSClientCA)
 			if err != nil {
@@ -88,6 +93,9 @@ func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger) (*Se
 		}
 		s.auth = af
 	}
+	if err := s.setUpAuthQuery(); err != nil {
+		return nil, err
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -95,6 +103,11 @@ func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger) (*Se
 // ReloadAuthFile re-reads GATEKEEPER_CLIENT_AUTH_FILE (on SIGHUP); on
 // failure the previous contents stay in force.
 func (s *Server) ReloadAuthFile() error {
+	if s.authQuery != nil {
+		// And the auth query's answers: after a password change, SIGHUP
+		// makes every user's next login read the new secret.
+		s.authQuery.flush()
+	}
 	if s.auth == nil {
 		return nil
 	}
@@ -151,6 +164,7 @@ func (s *Server) Serve() error {
 // is between requests, and after ShutdownAnswerWait whatever it is doing
 // (see shutdown.go). It returns at most ShutdownBound after ctx is done.
 func (s *Server) Shutdown(ctx context.Context) error {
+	defer s.closeAuthQuery()
 	if s.ln != nil {
 		s.ln.Close()
 	}

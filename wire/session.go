@@ -45,6 +45,7 @@ type session struct {
 	since     time.Time
 	key       cancelKey
 	tls       bool
+	tlsCert   *tls.Certificate // served to the client, for SCRAM channel binding
 
 	lease   atomic.Pointer[pool.Lease] // the attached backend, for cancel
 	writeMu sync.Mutex                 // client writes: relay vs. kill
@@ -128,13 +129,13 @@ func (ss *session) run() {
 			"querycop requires TLS from clients (GATEKEEPER_CLIENT_TLS=require); connect with sslmode=require or stronger"), "client-tls-required"})
 		return
 	}
-	password, err := ss.authenticate(params.User)
+	cred, err := ss.authenticate(params.User)
 	if err != nil {
 		ss.failStartup(err)
 		return
 	}
 	if !ss.srv.tokenMode {
-		params.Password = password
+		params.Password, params.SCRAM = cred.password, cred.scram
 	}
 
 	// The login timeout bounds the client's own part of start-up; waiting
@@ -142,6 +143,7 @@ func (ss *session) run() {
 	_ = ss.conn.SetDeadline(time.Time{})
 	pl, err := ss.srv.pools.Admit(ss.srv.ctx, params)
 	if err != nil {
+		ss.srv.verifierRefused(params.User, err)
 		ss.refuse(err)
 		return
 	}
@@ -295,7 +297,7 @@ func (ss *session) startup() (*startupMessage, error) {
 				return nil, err
 			}
 			tc := tls.Server(ss.conn, ss.srv.tls)
-			if err := tc.Handshake(); err != nil {
+			if err := ss.tlsHandshake(tc); err != nil {
 				return nil, &tlsHandshakeError{err}
 			}
 			ss.conn = tc
@@ -370,60 +372,40 @@ type clientError struct {
 
 func (e *clientError) Error() string { return e.resp.Message }
 
-// authenticate checks the client. With GATEKEEPER_CLIENT_AUTH_FILE the
-// gateway verifies it (SCRAM or MD5) and returns the file's plain-text
-// password if there is one. Otherwise, in pass-through mode, it asks for
-// the password, which is the backend credential; in token mode it asks for
-// nothing: a password would protect nothing (it would be dropped), and
+// authenticate checks the client. Against a verifier the gateway holds
+// (GATEKEEPER_CLIENT_AUTH_FILE, GATEKEEPER_AUTH_QUERY) it runs SCRAM or MD5
+// itself: see authenticateKnown. Otherwise, in pass-through mode, it asks
+// for the password, which is the backend credential; in token mode it asks
+// for nothing: a password would protect nothing (it would be dropped), and
 // libpq refuses to send an empty one, so asking only made users invent one.
-func (ss *session) authenticate(user string) (string, error) {
-	if ss.srv.auth != nil {
-		addr := remoteIP(ss.conn)
-		if ss.srv.failures.blocked(addr) {
-			return "", &clientError{fatal(codeInvalidAuthorization,
-				"too many failed logins from this address; try again in a minute"), "login-rate-limited"}
-		}
-		entry, reloadErr := ss.srv.auth.lookup(user)
-		if reloadErr != nil {
-			ss.log.Warn().Err(reloadErr).Msg("GATEKEEPER_CLIENT_AUTH_FILE changed but does not parse; keeping its previous contents")
-		}
-		password, err := ss.authenticateFromFile(user, entry)
-		if errors.Is(err, errBadPassword) {
-			ss.srv.failures.record(addr)
-			return "", &clientError{fatal(codeInvalidPassword, "password authentication failed for user "+quoteName(user)), "client-auth-failed"}
-		}
-		if err == nil && !ss.srv.tokenMode && password == "" {
-			// Start-up refuses hashed entries in pass-through mode; one
-			// added later by a reload cannot log in to PostgreSQL either.
-			return "", &clientError{fatal(codeInvalidAuthorization, fmt.Sprintf(
-				"user %s has a hashed entry in GATEKEEPER_CLIENT_AUTH_FILE, but pass-through mode logs in to PostgreSQL with the password: use a plain-text entry for this user", quoteName(user))), "client-auth-failed"}
-		}
-		return password, err
+func (ss *session) authenticate(user string) (clientCredential, error) {
+	if cred, handled, err := ss.authenticateKnown(user); handled {
+		return cred, err
 	}
 	if ss.srv.tokenMode {
-		return "", nil
+		return clientCredential{}, nil
 	}
 	buf, _ := (&pgproto3.AuthenticationCleartextPassword{}).Encode(nil)
 	if _, err := ss.conn.Write(buf); err != nil {
-		return "", err
+		return clientCredential{}, err
 	}
 	typ, body, err := readMessage(ss.conn, maxPasswordLen)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return "", errClientGone
+			return clientCredential{}, errClientGone
 		}
-		return "", err
+		return clientCredential{}, err
 	}
 	if typ == 'X' {
-		return "", errClientGone
+		return clientCredential{}, errClientGone
 	}
 	if typ != 'p' {
-		return "", protocolErrorf("expected password response, got message type %d", typ)
+		return clientCredential{}, protocolErrorf("expected password response, got message type %d", typ)
 	}
 	if len(body) == 0 || body[len(body)-1] != 0 {
-		return "", protocolErrorf("invalid password packet")
+		return clientCredential{}, protocolErrorf("invalid password packet")
 	}
-	return string(body[:len(body)-1]), nil
+	return clientCredential{password: string(body[:len(body)-1])}, nil
 }
 
 // failStartup answers a start-up failure where the protocol allows it and

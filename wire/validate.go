@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/querycop/querycop/internal/confcheck"
 )
@@ -45,6 +46,17 @@ func (c Config) Validate() error {
 		if _, err := loadAuthFile(c.ClientAuthFile); err != nil {
 			add(fmt.Sprintf("GATEKEEPER_CLIENT_AUTH_FILE cannot be used: %v; give a file of \"user\" \"password\" lines (PgBouncer's userlist.txt format)", err), "GATEKEEPER_CLIENT_AUTH_FILE")
 		}
+	}
+	if c.AuthUser != "" {
+		if !strings.Contains(c.AuthQuery, "$1") {
+			add(fmt.Sprintf("GATEKEEPER_AUTH_QUERY=%q does not use $1, the client's user name; give a query such as %q", c.AuthQuery, DefaultAuthQuery), "GATEKEEPER_AUTH_QUERY")
+		}
+		if c.AuthDatabase == "" {
+			add("GATEKEEPER_AUTH_DBNAME is empty; name the database where the auth query's lookup function is (default postgres)", "GATEKEEPER_AUTH_DBNAME")
+		}
+	}
+	if c.AuthQueryCacheTTL < 0 {
+		add(fmt.Sprintf("GATEKEEPER_AUTH_QUERY_CACHE_TTL=%s must not be negative; 0 asks the server at every login", c.AuthQueryCacheTTL), "GATEKEEPER_AUTH_QUERY_CACHE_TTL")
 	}
 	if c.MaxMessageSize < 1024 {
 		add(fmt.Sprintf("GATEKEEPER_MAX_MESSAGE_SIZE=%d is too small; give a size in bytes of at least 1024 (default 268435456, 256 MiB)", c.MaxMessageSize), "GATEKEEPER_MAX_MESSAGE_SIZE")

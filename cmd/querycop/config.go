@@ -61,6 +61,7 @@ func (c ShutdownConfig) Validate() error {
 var secretVars = map[string]bool{
 	"ADMIN_API_KEY":                true,
 	"GATEKEEPER_BACKEND_TOKEN_CMD": true,
+	"GATEKEEPER_AUTH_PASSWORD":     true,
 }
 
 // LoadConfig reads the configuration from environ (os.Environ() form,
@@ -96,6 +97,7 @@ func LoadConfig(environ []string) (Config, error) {
 		cfg.Log.Validate(),
 		cfg.Shutdown.Validate(),
 		authFileModeCheck(cfg),
+		authQueryModeCheck(cfg),
 		portClash(cfg.Wire, cfg.Admin),
 	}
 	for _, p := range flatten(errors.Join(semantic...)) {
@@ -348,17 +350,32 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// authFileModeCheck refuses hashed client auth file entries in pass-through
+// authFileModeCheck refuses MD5 client auth file entries in pass-through
 // mode: the gateway would check the client but could not log in for it.
 func authFileModeCheck(cfg Config) error {
 	if cfg.Wire.ClientAuthFile == "" || cfg.Backend.Token.Cmd != "" {
 		return nil
 	}
-	users, err := wire.AuthFileHashedUsers(cfg.Wire.ClientAuthFile)
+	users, err := wire.AuthFileMD5Users(cfg.Wire.ClientAuthFile)
 	if err != nil || len(users) == 0 {
 		return nil // an unreadable file is reported by wire's own check
 	}
 	return confcheck.Problem{Vars: []string{envPrefix + "CLIENT_AUTH_FILE"}, Msg: fmt.Sprintf(
-		"%sCLIENT_AUTH_FILE has hashed (SCRAM or MD5) entries for %s, but without %sBACKEND_TOKEN_CMD the gateway logs in to PostgreSQL with the client's password, which a hash does not give it; use plain-text entries for them or token mode",
+		"%sCLIENT_AUTH_FILE has MD5 entries for %s, but without %sBACKEND_TOKEN_CMD the gateway logs in to PostgreSQL for the client, which an MD5 hash does not let it do; use their SCRAM secrets from pg_authid (or plain-text passwords) instead, or token mode",
 		envPrefix, strings.Join(users, ", "), envPrefix)}
+}
+
+// authQueryModeCheck: in pass-through mode the auth query's role logs in
+// with a password, which must come from somewhere.
+func authQueryModeCheck(cfg Config) error {
+	w := cfg.Wire
+	if w.AuthUser == "" || w.AuthPassword != "" || cfg.Backend.Token.Cmd != "" {
+		return nil
+	}
+	if w.ClientAuthFile != "" && wire.AuthFileHasPlain(w.ClientAuthFile, w.AuthUser) {
+		return nil
+	}
+	return confcheck.Problem{Vars: []string{envPrefix + "AUTH_USER", envPrefix + "AUTH_PASSWORD"}, Msg: fmt.Sprintf(
+		"%sAUTH_USER=%q needs a password to log in and run the auth query: set %sAUTH_PASSWORD, or give the role a plain-text entry in %sCLIENT_AUTH_FILE",
+		envPrefix, w.AuthUser, envPrefix, envPrefix)}
 }

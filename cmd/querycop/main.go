@@ -72,8 +72,10 @@ const (
 func main() {
 	environ := os.Environ()
 	// The token command inherits the process environment; drop the admin
-	// key before anything can start it. run still reads it from environ.
+	// key and the auth query role's password before anything can start
+	// it. run still reads them from environ.
 	_ = os.Unsetenv("ADMIN_API_KEY")
+	_ = os.Unsetenv("GATEKEEPER_AUTH_PASSWORD")
 	os.Exit(run(os.Args[1:], environ, os.Stdout, os.Stderr))
 }
 

@@ -44,7 +44,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	pools := pool.New(cfg.Pool, dialer, dialer.TokenMode(), log)
 	defer pools.Close()
-	srv, err := wire.NewServer(cfg.Wire, pools, dialer.TokenMode(), log)
+	srv, err := wire.NewServer(cfg.Wire, pools, dialer.TokenMode(), log, wire.WithBackendDialer(dialer))
 	if err != nil {
 		return err
 	}
@@ -79,7 +79,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		Int("max_client_conn", cfg.Wire.MaxClientConn).
 		Msg("querycop started")
 
-	if dialer.TokenMode() && cfg.Wire.ClientAuthFile == "" && !isLoopback(cfg.Wire.ListenAddr) {
+	if dialer.TokenMode() && cfg.Wire.ClientAuthFile == "" && cfg.Wire.AuthUser == "" && !isLoopback(cfg.Wire.ListenAddr) {
 		log.Warn().Str("listen", srv.Addr().String()).
 			Msg("token mode without GATEKEEPER_CLIENT_AUTH_FILE on a non-loopback address: anyone who can reach this port gets the token's database rights; restrict the network or set GATEKEEPER_CLIENT_AUTH_FILE")
 	}
