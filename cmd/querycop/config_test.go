@@ -267,6 +267,16 @@ func TestLoadConfigProblems(t *testing.T) {
 			"GATEKEEPER_PROXY_TLS_KEY is set but",
 			"GATEKEEPER_LOG_FORMAT=\"text\"",
 		}},
+		{"auth-user/no-password", []string{host, "GATEKEEPER_AUTH_USER=qc_auth"},
+			[]string{`GATEKEEPER_AUTH_USER="qc_auth" needs a password to log in and run the auth query: set GATEKEEPER_AUTH_PASSWORD`}},
+		{"auth-user/plain-entry-of-another-user", []string{host, "GATEKEEPER_AUTH_USER=qc_auth", "GATEKEEPER_CLIENT_AUTH_FILE=" + userlist(t, `"someone" "pw"`)},
+			[]string{`GATEKEEPER_AUTH_USER="qc_auth" needs a password`}},
+		{"auth-query/no-parameter", []string{host, "GATEKEEPER_AUTH_USER=qc_auth", "GATEKEEPER_AUTH_PASSWORD=pw", "GATEKEEPER_AUTH_QUERY=select 1"},
+			[]string{`GATEKEEPER_AUTH_QUERY="select 1" does not use $1`}},
+		{"auth-query/negative-ttl", []string{host, "GATEKEEPER_AUTH_QUERY_CACHE_TTL=-1s"},
+			[]string{"GATEKEEPER_AUTH_QUERY_CACHE_TTL=-1s must not be negative"}},
+		{"auth-file/md5-in-pass-through", []string{host, "GATEKEEPER_CLIENT_AUTH_FILE=" + userlist(t, `"bob" "md5a3556571e93b0d20722ba62be61e8c2d"`)},
+			[]string{"GATEKEEPER_CLIENT_AUTH_FILE has MD5 entries for bob"}},
 		{"unparsed-variable-is-reported-once", []string{host, "GATEKEEPER_BACKEND_TLS_MODE=strict", "GATEKEEPER_BACKEND_TOKEN_CMD=x"},
 			[]string{`GATEKEEPER_BACKEND_TLS_MODE="strict": unknown TLS mode`}},
 	} {
@@ -316,6 +326,12 @@ func TestLoadConfigAccepts(t *testing.T) {
 		{"log/upper-case-level", []string{host, "GATEKEEPER_LOG_LEVEL=WARN"}},
 		{"ports/same-port-different-addr", []string{host, "GATEKEEPER_LISTEN_ADDR=10.0.0.1", "GATEKEEPER_API_ADDR=127.0.0.1", "GATEKEEPER_API_PORT=15432"}},
 		{"empty-means-default", []string{host, "GATEKEEPER_BACKEND_PORT=", "GATEKEEPER_BACKEND_TLS_MODE="}},
+		{"auth-user/password", []string{host, "GATEKEEPER_AUTH_USER=qc_auth", "GATEKEEPER_AUTH_PASSWORD=pw"}},
+		{"auth-user/plain-entry", []string{host, "GATEKEEPER_AUTH_USER=qc_auth", "GATEKEEPER_CLIENT_AUTH_FILE=" + userlist(t, `"qc_auth" "pw"`)}},
+		{"auth-user/token-mode", []string{host, "GATEKEEPER_BACKEND_TLS_MODE=require", "GATEKEEPER_BACKEND_TOKEN_CMD=echo tok", "GATEKEEPER_AUTH_USER=qc_auth"}},
+		// SCRAM end to end: the server's own secret logs in in pass-through mode.
+		{"auth-file/scram-in-pass-through", []string{host, "GATEKEEPER_CLIENT_AUTH_FILE=" + userlist(t,
+			`"alice" "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0c2FsdA==$WsP8b3mCi/0S0kzLcuRDSvNfVWpvwN3J6pjLkW4pxhM=:qMs4PZp8y2E0l3YEDjGJf0g9xxn0gZWX4WRH3Ik7ZeA="`)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := LoadConfig(tc.env); err != nil {
@@ -664,4 +680,14 @@ func TestRunServeErrorExitsOne(t *testing.T) {
 	if !strings.Contains(errb.String(), `"message":"querycop failed"`) {
 		t.Errorf("stderr = %s", errb.String())
 	}
+}
+
+// userlist writes a client auth file with the given lines.
+func userlist(t *testing.T, lines ...string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "userlist.txt")
+	if err := os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
