@@ -126,8 +126,12 @@ func (c *Command) Mint(ctx context.Context, t Target) (string, error) {
 		_ = killGroup(pgid)
 	}
 
-	token := strings.TrimSpace(stdout.String())
-	stderrLine := redact(firstLine(stderr.Bytes()), token)
+	out := stdout.String()
+	token := strings.TrimSpace(out)
+	// Whatever the command wrote may hold a credential: the token itself
+	// on the wrong stream, or in a line next to an error. What a client,
+	// the log or the admin API is shown passes through safeLine.
+	stderrLine := safeLine(firstLine(stderr.Bytes()), out)
 
 	switch {
 	case stdout.overflowed:
@@ -159,7 +163,7 @@ func (c *Command) Mint(ctx context.Context, t Target) (string, error) {
 	}
 	if err != nil && !errors.Is(err, exec.ErrWaitDelay) {
 		// An I/O error copying the output, or the like.
-		return "", &Error{Reason: redact(err.Error(), token), Err: err}
+		return "", &Error{Reason: safeLine(err.Error(), out), Err: err}
 	}
 
 	if token == "" {
@@ -168,6 +172,10 @@ func (c *Command) Mint(ctx context.Context, t Target) (string, error) {
 			reason += " (stderr: " + stderrLine + ")"
 		}
 		return "", &Error{Reason: reason}
+	}
+	if n := strings.Count(token, "\n") + 1; n > 1 {
+		// Not a token: a warning or a second value printed with it.
+		return "", &Error{Reason: fmt.Sprintf("command printed %d lines on stdout; it must print the token alone", n)}
 	}
 	return token, nil
 }
@@ -213,14 +221,6 @@ func firstLine(b []byte) string {
 		}
 	}
 	return ""
-}
-
-// redact replaces every occurrence of token in s.
-func redact(s, token string) string {
-	if token == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, token, redacted)
 }
 
 // errOutputTooLarge stops copying stdout once it exceeds its cap; the
