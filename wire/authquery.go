@@ -338,3 +338,44 @@ func (aq *authQuery) close() {
 	}
 	aq.dropConn()
 }
+
+// CheckAuthQuery runs the auth query once for user as a login would
+// (`querycop check`), and says what a client of that name would get. It
+// never returns the secret. authFile is consulted, as at run time, for the
+// auth user's password when cfg has none.
+func CheckAuthQuery(cfg Config, d BackendDialer, user string) (string, error) {
+	srv := &Server{cfg: cfg, dialer: d, log: zerolog.Nop()}
+	if cfg.ClientAuthFile != "" {
+		af, err := loadAuthFile(cfg.ClientAuthFile)
+		if err != nil {
+			return "", fmt.Errorf("reading GATEKEEPER_CLIENT_AUTH_FILE: %w", err)
+		}
+		srv.auth = af
+	}
+	if err := srv.setUpAuthQuery(); err != nil {
+		return "", err
+	}
+	defer srv.closeAuthQuery()
+	// Bounded by GATEKEEPER_CLIENT_LOGIN_TIMEOUT, as at a login.
+	res := srv.authQuery.fetch(user)
+	var ce *clientError
+	switch {
+	case errors.As(res.err, &ce):
+		msg := ce.resp.Message
+		if ce.resp.Hint != "" {
+			msg += " (" + ce.resp.Hint + ")"
+		}
+		return "", errors.New(msg)
+	case res.err != nil:
+		return "", res.err
+	case res.verifier != nil:
+		return fmt.Sprintf("ran as %s in database %s: user %s has a SCRAM secret (%d iterations): SCRAM end to end",
+			quoteName(cfg.AuthUser), quoteName(srv.authQuery.database), quoteName(user), res.verifier.iterations), nil
+	case res.found:
+		return fmt.Sprintf("ran as %s in database %s: user %s has no SCRAM secret: pass-through mode asks for its password in cleartext, token mode refuses it",
+			quoteName(cfg.AuthUser), quoteName(srv.authQuery.database), quoteName(user)), nil
+	default:
+		return fmt.Sprintf("ran as %s in database %s: no user %s (not a login role, a superuser, or expired): such clients are refused",
+			quoteName(cfg.AuthUser), quoteName(srv.authQuery.database), quoteName(user)), nil
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 	"github.com/querycop/querycop/wire"
 )
 
@@ -60,16 +60,10 @@ func setUpAuthQuery(t *testing.T, c *pgtest.Cluster) {
 	t.Helper()
 	var err error
 	authQuerySetup.Do(func() {
-		var doc []byte
-		if doc, err = os.ReadFile(filepath.Join("..", "docs", "security.md")); err != nil {
+		var sql string
+		if sql, err = testkit.AuthQuerySQL(filepath.Join("..", "docs"), authRolePass); err != nil {
 			return
 		}
-		m := regexp.MustCompile("(?s)<!-- auth-query-sql -->\\s*```sql\\n(.*?)```").FindSubmatch(doc)
-		if m == nil {
-			err = errors.New("docs/security.md has no <!-- auth-query-sql --> block")
-			return
-		}
-		sql := strings.Replace(string(m[1]), "'choose-a-password'", "'"+authRolePass+"'", 1)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		err = c.Exec(ctx, sql)

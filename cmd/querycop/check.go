@@ -13,6 +13,7 @@ import (
 
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/token"
+	"github.com/querycop/querycop/wire"
 )
 
 // checkUsage is printed by `querycop check -h`.
@@ -22,7 +23,8 @@ Checks, one line per step, what the gateway needs to serve a client:
 the configuration, the token command (its token's expiry, never its value),
 the backend's address, TLS (the certificate chain and the name verified),
 and, given -user, authentication as that role. In pass-through mode the
-password for -user is read from PGPASSWORD. Exits 1 when a step fails,
+password for -user is read from PGPASSWORD. With GATEKEEPER_AUTH_USER, the
+auth query is run for -user (or for the auth role itself). Exits 1 when a step fails,
 2 when the configuration is invalid.
 `
 
@@ -128,6 +130,22 @@ func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		report("ok", "auth", "authenticated as %q to database %q (server %s, backend pid %d)",
 			*user, *database, conn.ParameterStatus()["server_version"], conn.PID())
 		conn.Close()
+	}
+	if cfg.Wire.AuthUser != "" {
+		// What a client named -user (else the auth role itself) would get
+		// from the auth query: its role, its function, the secret's kind.
+		who := *user
+		if who == "" {
+			who = cfg.Wire.AuthUser
+		}
+		if failed {
+			report("skip", "authq", "an earlier step failed")
+		} else if msg, err := wire.CheckAuthQuery(cfg.Wire, dialer, who); err != nil {
+			report("fail", "authq", "%v", err)
+			failed = true
+		} else {
+			report("ok", "authq", "%s", msg)
+		}
 	}
 	if failed {
 		return exitFailed

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
 )
 
 // TestCheckAgainstCluster runs `querycop check` as an operator would after
@@ -59,5 +62,49 @@ func TestCheckAgainstCluster(t *testing.T) {
 	}
 	if !strings.Contains(out, "skip  auth") {
 		t.Errorf("auth should be skipped after a failed step:\n%s", out)
+	}
+}
+
+var checkAuthSetup sync.Once
+
+// TestCheckAuthQuery: `querycop check` runs the auth query as a login
+// would, set up exactly as docs/security.md says, and names what failed.
+func TestCheckAuthQuery(t *testing.T) {
+	c := pgtest.Require(t)
+	const authPass = "check-auth-secret"
+	sql, err := testkit.AuthQuerySQL("../../docs", authPass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	checkAuthSetup.Do(func() { err = c.Exec(ctx, sql) }) // once per cluster (-count)
+	if err != nil {
+		t.Fatalf("the docs' auth query SQL: %v", err)
+	}
+	run := func(extra ...string) (int, string) {
+		env := append([]string{
+			"GATEKEEPER_BACKEND_HOST=localhost",
+			fmt.Sprintf("GATEKEEPER_BACKEND_PORT=%d", c.Port),
+			"GATEKEEPER_BACKEND_TLS_MODE=verify-full",
+			"GATEKEEPER_BACKEND_TLS_CA_FILE=" + c.CA.CertFile,
+			"GATEKEEPER_AUTH_PASSWORD=" + authPass,
+		}, extra...)
+		var out, errb bytes.Buffer
+		code := runCheck(context.Background(), []string{"-user", pgtest.UserSCRAM, "-database", pgtest.Database},
+			append(env, "PGPASSWORD="+pgtest.PassSCRAM), &out, &errb)
+		return code, out.String() + errb.String()
+	}
+
+	code, out := run("GATEKEEPER_AUTH_USER=querycop_auth")
+	if code != exitOK || !strings.Contains(out, fmt.Sprintf(`ok    authq   ran as "querycop_auth" in database "postgres": user "%s" has a SCRAM secret`, pgtest.UserSCRAM)) {
+		t.Errorf("exit %d, want an ok authq line:\n%s", code, out)
+	}
+	code, out = run("GATEKEEPER_AUTH_USER=no_such_auth_role")
+	if code != exitFailed || !strings.Contains(out, `fail  authq   querycop cannot look up passwords: its auth query role GATEKEEPER_AUTH_USER "no_such_auth_role" cannot log in`) {
+		t.Errorf("exit %d, want a failed authq line naming the role:\n%s", code, out)
+	}
+	if strings.Contains(out, authPass) || strings.Contains(out, "SCRAM-SHA-256$") {
+		t.Error("check printed a password or a secret")
 	}
 }

@@ -1,6 +1,7 @@
 // Package testkit holds the small helpers several packages' tests share:
 // a log sink to assert on, an error tally for concurrent clients, a check
-// that a process group is gone, and a loopback TCP pair. Test code only.
+// that a process group is gone, a loopback TCP pair, and the auth query's
+// set-up SQL from the docs. Test code only.
 package testkit
 
 import (
@@ -10,6 +11,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -193,4 +196,24 @@ func LoopbackPair(tb testing.TB) (dialed, accepted net.Conn) {
 		accepted.Close()
 	})
 	return dialed, accepted
+}
+
+// AuthQuerySQL is the SQL docs/security.md gives for the auth query's role
+// and lookup function (the ```sql block after <!-- auth-query-sql -->),
+// with the role's password put in: tests run exactly what users are told
+// to run. docsDir is the path of the repository's docs directory.
+func AuthQuerySQL(docsDir, password string) (string, error) {
+	doc, err := os.ReadFile(filepath.Join(docsDir, "security.md"))
+	if err != nil {
+		return "", err
+	}
+	m := regexp.MustCompile("(?s)<!-- auth-query-sql -->\\s*```sql\\n(.*?)```").FindSubmatch(doc)
+	if m == nil {
+		return "", errors.New("docs/security.md has no ```sql block after <!-- auth-query-sql -->")
+	}
+	sql := string(m[1])
+	if !strings.Contains(sql, "'choose-a-password'") {
+		return "", errors.New("the auth query SQL in docs/security.md no longer sets PASSWORD 'choose-a-password'")
+	}
+	return strings.Replace(sql, "'choose-a-password'", "'"+password+"'", 1), nil
 }
