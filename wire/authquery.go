@@ -80,7 +80,10 @@ type authQuery struct {
 	queryTimeout time.Duration
 	log          zerolog.Logger
 
-	connMu   sync.Mutex // one query at a time on conn
+	// connSem (capacity 1) lets one query at a time use conn; a channel
+	// rather than a mutex, so a login queued behind others gives up at its
+	// deadline instead of waiting without bound.
+	connSem  chan struct{}
 	conn     *backend.Conn
 	connAt   time.Time
 	lastUse  time.Time
@@ -95,7 +98,7 @@ func newAuthQuery(cfg Config, d BackendDialer, password func() string, log zerol
 	return &authQuery{
 		dialer: d, user: cfg.AuthUser, password: password, database: cfg.AuthDatabase,
 		query: cfg.AuthQuery, ttl: cfg.AuthQueryCacheTTL, queryTimeout: cfg.LoginTimeout,
-		log: log, entries: map[string]*authQueryEntry{},
+		log: log, entries: map[string]*authQueryEntry{}, connSem: make(chan struct{}, 1),
 	}
 }
 
@@ -207,8 +210,15 @@ func (aq *authQuery) flush() {
 func (aq *authQuery) fetch(user string) authQueryResult {
 	ctx, cancel := context.WithTimeout(context.Background(), aq.queryTimeout)
 	defer cancel()
-	aq.connMu.Lock()
-	defer aq.connMu.Unlock()
+	select {
+	case aq.connSem <- struct{}{}:
+	case <-ctx.Done():
+		// Queued behind other lookups for the whole timeout: the
+		// connection itself is fine, so it is left alone.
+		return aq.failed(&clientError{fatal(codeCannotConnect, fmt.Sprintf(
+			"querycop cannot look up passwords: the auth query is busy with other logins (waited %s, GATEKEEPER_CLIENT_LOGIN_TIMEOUT)", aq.queryTimeout)), "auth-query-failed"})
+	}
+	defer func() { <-aq.connSem }()
 	if aq.closed {
 		return authQueryResult{err: &clientError{fatal(codeCannotConnectNow, "the gateway is shutting down"), "shutdown"}}
 	}
@@ -216,7 +226,8 @@ func (aq *authQuery) fetch(user string) authQueryResult {
 		fresh := false
 		if aq.conn == nil || time.Since(aq.connAt) > authConnMaxAge {
 			aq.dropConn()
-			c, err := aq.dialer.Dial(ctx, backend.Params{User: aq.user, Database: aq.database, Password: aq.password()})
+			c, err := aq.dialer.Dial(ctx, backend.Params{User: aq.user, Database: aq.database, Password: aq.password(),
+				Runtime: map[string]string{"application_name": "querycop auth query"}})
 			if err != nil {
 				return aq.failed(aq.loginError(err))
 			}
@@ -303,7 +314,7 @@ func (aq *authQuery) queryError(pgErr *pgconn.PgError) *clientError {
 	return &clientError{resp, "auth-query-failed"}
 }
 
-// armIdle (re)starts the idle timer; called with connMu held.
+// armIdle (re)starts the idle timer; called holding connSem.
 func (aq *authQuery) armIdle() {
 	if aq.idle == nil {
 		aq.idle = time.AfterFunc(authConnIdle, aq.closeIfIdle)
@@ -313,14 +324,14 @@ func (aq *authQuery) armIdle() {
 }
 
 func (aq *authQuery) closeIfIdle() {
-	aq.connMu.Lock()
-	defer aq.connMu.Unlock()
+	aq.connSem <- struct{}{}
+	defer func() { <-aq.connSem }()
 	if aq.conn != nil && time.Since(aq.lastUse) >= authConnIdle {
 		aq.dropConn()
 	}
 }
 
-// dropConn closes the connection; called with connMu held.
+// dropConn closes the connection; called holding connSem.
 func (aq *authQuery) dropConn() {
 	if aq.conn != nil {
 		aq.conn.Close()
@@ -330,8 +341,8 @@ func (aq *authQuery) dropConn() {
 
 // close ends the connection for good (the server is closing).
 func (aq *authQuery) close() {
-	aq.connMu.Lock()
-	defer aq.connMu.Unlock()
+	aq.connSem <- struct{}{}
+	defer func() { <-aq.connSem }()
 	aq.closed = true
 	if aq.idle != nil {
 		aq.idle.Stop()

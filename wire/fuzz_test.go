@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"net"
 	"strings"
@@ -107,44 +108,61 @@ func FuzzTransactionMessages(f *testing.F) {
 }
 
 // FuzzSCRAMServer plays a client sending arbitrary SCRAM messages to the
-// gateway's server side: it must fail cleanly, never hang or panic.
+// gateway's server side: it must fail cleanly, never hang or panic. Each
+// input runs twice: on a plaintext session, and on a TLS session where
+// SCRAM-SHA-256-PLUS is offered and chosen when the message asks for
+// channel binding.
 func FuzzSCRAMServer(f *testing.F) {
 	f.Add("n,,n=,r=rOprNGfwEbeRWgbNEkqO", "c=biws,r=rOprNGfwEbeRWgbNEkqO,p=dHpbaFqbVeDx84bIsakJ2RD1rqVO0k2tSd5vvEgXMNc=")
 	f.Add("y,,n=,r=abc", "c=eSws,r=abc,p=")
 	f.Add("p=tls-server-end-point,,n=,r=x", "")
+	cert := testCert(f)
 	f.Fuzz(func(t *testing.T, first, final string) {
-		server, client := net.Pipe()
-		defer client.Close()
-		ss := &session{srv: &Server{}, conn: server, log: zerolog.Nop()}
-		v, _ := deriveSCRAMVerifier("secret", []byte("salt"), 1)
-		done := make(chan error, 1)
-		go func() {
-			_, err := ss.scramExchange(v)
-			done <- err
-			server.Close()
-		}()
-		_ = client.SetDeadline(time.Now().Add(5 * time.Second))
-		fe := pgproto3.NewFrontend(client, client)
-		if _, err := fe.Receive(); err != nil { // AuthenticationSASL
-			t.Fatal(err)
-		}
-		fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: scramMechanism, Data: []byte(first)})
-		if fe.Flush() == nil {
-			if msg, err := fe.Receive(); err == nil {
-				if _, ok := msg.(*pgproto3.AuthenticationSASLContinue); ok {
-					fe.Send(&pgproto3.SASLResponse{Data: []byte(final)})
-					_ = fe.Flush()
-					_, _ = fe.Receive()
-				}
-			}
-		}
-		select {
-		case err := <-done:
-			if err == nil {
-				t.Fatalf("random proof accepted: %q / %q", first, final)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("SCRAM exchange hung")
+		for _, withTLS := range []bool{false, true} {
+			fuzzSCRAMOnce(t, first, final, withTLS, cert)
 		}
 	})
+}
+
+func fuzzSCRAMOnce(t *testing.T, first, final string, withTLS bool, cert *tls.Certificate) {
+	server, client := net.Pipe()
+	defer client.Close()
+	ss := &session{srv: &Server{}, conn: server, log: zerolog.Nop()}
+	mechanism := scramMechanism
+	if withTLS {
+		ss.tls, ss.tlsCert = true, cert
+		if strings.HasPrefix(first, "p=") {
+			mechanism = scramPlusMechanism
+		}
+	}
+	v, _ := deriveSCRAMVerifier("secret", []byte("salt"), 1)
+	done := make(chan error, 1)
+	go func() {
+		_, err := ss.scramExchange(v)
+		done <- err
+		server.Close()
+	}()
+	_ = client.SetDeadline(time.Now().Add(5 * time.Second))
+	fe := pgproto3.NewFrontend(client, client)
+	if _, err := fe.Receive(); err != nil { // AuthenticationSASL
+		t.Fatal(err)
+	}
+	fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: mechanism, Data: []byte(first)})
+	if fe.Flush() == nil {
+		if msg, err := fe.Receive(); err == nil {
+			if _, ok := msg.(*pgproto3.AuthenticationSASLContinue); ok {
+				fe.Send(&pgproto3.SASLResponse{Data: []byte(final)})
+				_ = fe.Flush()
+				_, _ = fe.Receive()
+			}
+		}
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("random proof accepted (TLS %v): %q / %q", withTLS, first, final)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("SCRAM exchange hung")
+	}
 }

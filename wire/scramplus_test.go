@@ -29,7 +29,7 @@ import (
 // and the right exchange yields the ClientKey a server holding the same
 // verifier accepts.
 
-func testCert(t *testing.T) *tls.Certificate {
+func testCert(t testing.TB) *tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
