@@ -22,6 +22,7 @@ type collector struct {
 	tokenMints, tokenFailures, tokenConsecutive, tokenExpiry  *prometheus.Desc
 	paused, readyDesc, probes                                 *prometheus.Desc
 	transactions, queries, backendWait, backendHeld, prepared *prometheus.Desc
+	txPins, txPinned                                          *prometheus.Desc
 }
 
 func newCollector(deps Deps, ready func(context.Context) bool) *collector {
@@ -58,6 +59,8 @@ func newCollector(deps Deps, ready func(context.Context) bool) *collector {
 		queries:          d("queries_total", "Transaction mode: Query and Execute messages relayed."),
 		backendWait:      d("backend_wait_seconds_total", "Transaction mode: time clients waited for a backend connection."),
 		backendHeld:      d("backend_held_seconds_total", "Transaction mode: time clients held backend connections."),
+		txPins:           d("tx_pins_total", "Transaction mode: clients pinned to their backend until they disconnect, by reason (session state the gateway cannot carry).", "reason"),
+		txPinned:         d("tx_pinned_clients", "Transaction mode: clients pinned to their backend now."),
 		prepared:         d("prepared_statements_total", "Transaction mode: prepared statement uses, by result (hit: already on the backend, miss: prepared there first, eviction: closed to stay within GATEKEEPER_MAX_PREPARED_STATEMENTS).", "result"),
 	}
 }
@@ -133,6 +136,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.prepared, float64(st.PreparedStatementHits), "hit")
 		counter(c.prepared, float64(st.PreparedStatementMisses), "miss")
 		counter(c.prepared, float64(st.PreparedStatementEvictions), "eviction")
+		for reason, n := range st.Pins {
+			counter(c.txPins, float64(n), reason)
+		}
+		gauge(c.txPinned, float64(st.PinnedClients))
 	}
 	if c.deps.Tokens != nil {
 		now := time.Now()

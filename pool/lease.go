@@ -43,6 +43,13 @@ type ReleaseState struct {
 	// connection from client to client between transactions and keeps
 	// prepared statements on it.
 	KeepState bool
+	// ResetQuery, when set, replaces GATEKEEPER_POOL_RESET_QUERY for this
+	// release: transaction mode needs DISCARD ALL after a pinned client,
+	// whatever the operator chose for session mode.
+	ResetQuery string
+	// Discard closes the connection however clean it is: it holds state
+	// no reset removes (a library loaded with LOAD).
+	Discard bool
 }
 
 // Release returns the connection to the pool after making it fit for the
@@ -64,6 +71,9 @@ func (l *Lease) Release(st ReleaseState) {
 			cancel()
 		}
 		pl.destroy(l.res, "backend-gone")
+		return
+	case st.Discard && !st.Busy:
+		pl.destroy(l.res, "session-state")
 		return
 	case st.Busy || !st.Clean:
 		// The client left mid-request: stop the server's work so locks are
@@ -102,7 +112,10 @@ func (l *Lease) reset(st ReleaseState) bool {
 	pl, c := l.pool, l.conn
 	rollback := st.TxStatus == 'T' || st.TxStatus == 'E'
 	q := pl.ps.cfg.ResetQuery
-	if st.KeepState {
+	switch {
+	case st.ResetQuery != "":
+		q = st.ResetQuery
+	case st.KeepState:
 		q = ""
 	}
 	if !rollback && q == "" {

@@ -32,6 +32,21 @@ type Config struct {
 	// MaxPreparedStatements bounds the protocol-level prepared statements
 	// transaction mode keeps on one backend connection.
 	MaxPreparedStatements int `env:"MAX_PREPARED_STATEMENTS" envDefault:"200" help:"transaction mode: most prepared statements kept on one backend connection (least recently used are closed)"`
+	// TxPinning is what transaction mode does with session state it cannot
+	// carry from one backend to the next.
+	TxPinning TxPinning `env:"TX_PINNING" envDefault:"pin" help:"transaction mode: pin (a client whose session state cannot be carried keeps its backend until it disconnects) or refuse (such statements fail with SQLSTATE 0A000)"`
+}
+
+// TxPinning is transaction mode's answer to session state it cannot carry.
+type TxPinning string
+
+const (
+	TxPinningPin    TxPinning = "pin"
+	TxPinningRefuse TxPinning = "refuse"
+)
+
+func (m *TxPinning) UnmarshalText(text []byte) error {
+	return confcheck.OneOf(m, text, "transaction-mode pinning policy", TxPinningPin, TxPinningRefuse)
 }
 
 // ClientTLS is the policy for TLS on the client leg.

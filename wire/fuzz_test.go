@@ -103,7 +103,43 @@ func FuzzTransactionMessages(f *testing.F) {
 				t.Fatalf("Bind does not round-trip: %q", body)
 			}
 		}
-		_ = classify(body)
+		_ = analyzeQuery(string(body), true)
+	})
+}
+
+// FuzzSQLScan feeds the statement lexer arbitrary text: it must not panic,
+// its tokens must lie inside the text in order, and a statement's text
+// must lex to the same tokens on its own (so a replayed SET is the
+// statement the client sent, and nothing after it).
+func FuzzSQLScan(f *testing.F) {
+	for _, seed := range []string{
+		"SET search_path = x -- note", "set application_name = 'a;b'", "select 1; listen foo",
+		"do $$begin execute 'listen foo'; end$$", "/* a /* nested */ comment */ set x.y to 1",
+		"select $1::int, $tag$ ; $tag$, E'\\'' ; reset all", `SET "search_path" = x`, "select 'unterminated",
+		"create temp table t(a int)", "select * into temporary t from x", "U&\"d\\0061t\\+000061\" ; set time zone 'UTC'",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		stmts := splitStatements(q)
+		last := 0
+		for _, st := range stmts {
+			if len(st.tokens) == 0 || st.start < last || st.end > len(q) || st.start > st.end {
+				t.Fatalf("statement span %d..%d out of order in %q", st.start, st.end, q)
+			}
+			for _, tk := range st.tokens {
+				if tk.start < last || tk.end > len(q) || tk.start >= tk.end {
+					t.Fatalf("token %d..%d out of order in %q", tk.start, tk.end, q)
+				}
+				last = tk.end
+			}
+			again := splitStatements(st.text(q))
+			if len(again) != 1 || len(again[0].tokens) != len(st.tokens) {
+				t.Fatalf("statement %q of %q lexes differently on its own: %d statements", st.text(q), q, len(again))
+			}
+		}
+		_ = analyzeQuery(q, true)
+		_ = analyzeQuery(q, false)
 	})
 }
 

@@ -47,6 +47,10 @@ type Server struct {
 	nextID   atomic.Uint64
 	clients  atomic.Int64
 	counters serverCounters
+	// pinnedNow counts transaction-mode clients pinned to their backend.
+	pinnedNow atomic.Int64
+	// stmtKey keys the names of statements transaction mode prepares.
+	stmtKey []byte
 
 	auth        *authFile     // nil: the client's password is not checked here
 	authQuery   *authQuery    // nil: no GATEKEEPER_AUTH_USER
@@ -58,7 +62,7 @@ type Server struct {
 // NewServer prepares a server; cfg must have passed Validate. In token mode
 // the client's password is read and discarded.
 func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger, opts ...Option) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, pools: pools, tokenMode: tokenMode,
+	s := &Server{cfg: cfg, log: log, pools: pools, tokenMode: tokenMode, stmtKey: newStmtNameKey(),
 		byKey: map[cancelKey]*session{}, live: map[*session]struct{}{}}
 	for _, o := range opts {
 		o(s)

@@ -17,6 +17,9 @@ type ClientInfo struct {
 	ConnectedSince time.Time `json:"connected_since"`
 	BackendPID     uint32    `json:"backend_pid,omitempty"`
 	TLS            bool      `json:"tls"`
+	// Pinned is why a transaction-mode client keeps its backend until it
+	// disconnects.
+	Pinned string `json:"pinned,omitempty"`
 }
 
 // Stats are the server's running totals for metrics.
@@ -37,6 +40,10 @@ type Stats struct {
 	PreparedStatementHits      int64         `json:"prepared_statement_hits"`
 	PreparedStatementMisses    int64         `json:"prepared_statement_misses"`
 	PreparedStatementEvictions int64         `json:"prepared_statement_evictions"`
+	// Pins counts clients pinned to their backend, by reason; PinnedClients
+	// is how many are pinned now.
+	Pins          map[string]int64 `json:"pins_by_reason"`
+	PinnedClients int64            `json:"pinned_clients"`
 }
 
 // relayCounters are kept per session, so the relay's hot path never
@@ -70,6 +77,16 @@ type serverCounters struct {
 
 	mu      sync.Mutex
 	refused map[string]int64
+	pins    map[string]int64
+}
+
+func (c *serverCounters) pin(reason pinReason) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pins == nil {
+		c.pins = map[string]int64{}
+	}
+	c.pins[string(reason)]++
 }
 
 func (c *serverCounters) refuse(reason string) {
@@ -101,9 +118,17 @@ func (s *Server) Stats() Stats {
 		PreparedStatementHits: sum.prepHits.Load(), PreparedStatementMisses: sum.prepMisses.Load(),
 		PreparedStatementEvictions: sum.prepEvictions.Load(),
 	}
+	st.Pins = make(map[string]int64, len(pinReasons))
+	for _, r := range pinReasons {
+		st.Pins[string(r)] = 0
+	}
+	st.PinnedClients = s.pinnedNow.Load()
 	s.counters.mu.Lock()
 	for k, v := range s.counters.refused {
 		st.Refused[k] = v
+	}
+	for k, v := range s.counters.pins {
+		st.Pins[k] = v
 	}
 	s.counters.mu.Unlock()
 	return st

@@ -3,6 +3,8 @@ package wire
 import (
 	"container/list"
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -44,9 +46,20 @@ const maxClientMessage = 1 << 30
 const scratchStmt = "qc_scratch"
 
 // stmtPrefix names the statements the gateway prepares on backends. Names
-// derive from the statement's text and parameter types, so clients that
-// prepare the same query share one statement per backend.
+// are a hash of the statement's text and parameter types keyed with a
+// random key per Server: clients that prepare the same query share one
+// statement per backend, and no client can compute a name to create,
+// replace or drop a statement the gateway made for someone else.
 const stmtPrefix = "qc_"
+
+// newStmtNameKey is the key of a Server's statement names.
+func newStmtNameKey() []byte {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		panic("wire: no randomness for statement names: " + err.Error())
+	}
+	return k
+}
 
 // backendState is what transaction mode keeps with a backend connection
 // (backend.Conn.Attachment) across the clients that borrow it.
@@ -54,9 +67,35 @@ type backendState struct {
 	prepared map[string]*list.Element // statement name → element in lru
 	lru      *list.List               // of statement names, most recent first
 	// settings are the SQL statements last applied for a client's
-	// start-up parameters and SETs, by lower-case parameter name.
+	// start-up parameters and SETs, by lower-case parameter name; nil when
+	// unknown (after a client's DISCARD ALL), so the next client's are
+	// applied after a RESET ALL.
 	settings   map[string]string
 	settingsFP string
+	// closeFirst: statements the gateway no longer tracks may still be on
+	// the backend (a DEALLOCATE that failed), so each Parse of a gateway
+	// name is preceded by a Close of it.
+	closeFirst bool
+}
+
+// unknownSettings is the fingerprint of a backend whose settings are not
+// known; no client's fingerprint equals it.
+const unknownSettings = "?"
+
+// forgetStatements records that the backend may have lost every statement.
+func (st *backendState) forgetStatements() {
+	clear(st.prepared)
+	st.lru.Init()
+	st.closeFirst = true
+}
+
+// forget records that the backend may have lost one statement.
+func (st *backendState) forget(name string) {
+	if el, ok := st.prepared[name]; ok {
+		st.lru.Remove(el)
+		delete(st.prepared, name)
+	}
+	st.closeFirst = true
 }
 
 func stateOf(c *backend.Conn) *backendState {
@@ -68,9 +107,10 @@ func stateOf(c *backend.Conn) *backendState {
 	return st
 }
 
-// clientStmt is a statement a client prepared under its own name.
+// clientStmt is a statement a client prepared under its own name, or its
+// unnamed statement.
 type clientStmt struct {
-	server string // name on backends
+	server string // name on backends ("" for the unnamed statement)
 	parse  []byte // a whole Parse message under the server name, to inject
 }
 
@@ -88,6 +128,8 @@ type pendingReply struct {
 	// can be forgotten if the server skips or refuses the Parse.
 	client string
 	stmt   *clientStmt
+	// unnamed is the client's unnamed statement this Parse defines.
+	unnamed *clientStmt
 }
 
 // attachment is one backend held by the client for one transaction.
@@ -103,7 +145,24 @@ type attachment struct {
 	txStatus    byte
 	pending     []pendingReply
 	errInBatch  bool
-	pendingSet  *setCommand
+	// pendingSets are tracked SETs sent and not yet answered; txSets those
+	// that ran inside the open transaction block, kept if it commits.
+	pendingSets []*setCommand
+	txSets      []*setCommand
+	// lastEnd is how the client's last statement ends a transaction
+	// block, and the batch it is in; sawSavepoint: the transaction used
+	// savepoints, which a tracked SET cannot follow.
+	lastEnd      txEnd
+	lastEndSeq   int
+	sawSavepoint bool
+	// unnamedHere: the backend's unnamed statement is the client's (or
+	// neither has one).
+	unnamedHere bool
+	// tainted: the server sent something meant for another client (a
+	// notification); the backend is reset before anyone else gets it.
+	tainted bool
+	// skip is the body bytes still to drop of a message not forwarded.
+	skip int
 	// dupNames maps a server statement name to the client's, for a Parse
 	// of a name the client already uses: the server's 42P05 names the
 	// server statement and is rewritten to name the client's.
@@ -134,8 +193,13 @@ type txSession struct {
 	mu       sync.Mutex
 	att      *attachment
 	stmts    map[string]*clientStmt
+	unnamed  *clientStmt       // the client's unnamed statement, if any
 	settings map[string]string // lower-case name → statement applying it
+	startup  map[string]string // the start-up settings, which RESET restores
 	fp       string
+	// pinned is why the client keeps its backend until it leaves; "" when
+	// it does not.
+	pinned pinReason
 }
 
 // first and firstErr are the client's first read, made in afterStartup's
@@ -145,6 +209,7 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, fi
 	for _, st := range startup {
 		tx.settings[lowerASCII(st.name)] = setQuery([]startupSetting{st})
 	}
+	tx.startup = cloneMap(tx.settings)
 	tx.fp = fingerprint(tx.settings)
 	// Between transactions the client waits in awaitFirst, whose shallow
 	// stack is all an idle client holds.
@@ -162,9 +227,13 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, fi
 	tx.mu.Lock()
 	att := tx.att
 	tx.att = nil
+	pinned := tx.pinned != ""
 	tx.mu.Unlock()
 	if att != nil {
 		tx.finish(att, reason)
+	}
+	if pinned {
+		ss.srv.pinnedNow.Add(-1)
 	}
 	return reason
 }
@@ -234,12 +303,16 @@ func (tx *txSession) serve(first []byte) string {
 				ss.send(fatal(codeProtocolViolation, errTooLarge.Error()))
 				return "protocol-violation"
 			}
-			if need <= relayBufSize && pooled == nil {
+			// Grow with the data, never to the length a client merely
+			// claims: a header announcing 250 MiB costs nothing until the
+			// bytes arrive, and then at most twice what arrived.
+			switch {
+			case pooled == nil && w <= relayBufSize:
 				pooled = relayBufs.Get().(*[]byte)
 				w = copy(*pooled, buf[:w])
 				buf = *pooled
-			} else if need > len(buf) {
-				grown := make([]byte, need)
+			case w == len(buf):
+				grown := make([]byte, min(need, 2*len(buf)))
 				w = copy(grown, buf[:w])
 				buf = grown
 			}
@@ -341,16 +414,28 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 	switch typ {
 	case 'P':
 		name, query, rest, ok := splitParse(body)
-		if ok && classify(query).listen {
-			query = []byte(listenRefusal)
-		}
-		if !ok || len(name) == 0 {
+		if !ok {
 			att.pending = append(att.pending, pendingReply{typ: 'P', seq: seq})
-			if ok {
-				out = appendParse(out, "", query, rest)
-			} else {
-				out = appendRaw(out, typ, body)
+			out = appendRaw(out, typ, body)
+			break
+		}
+		fx := analyzeQuery(string(query), false)
+		if fx.set != nil && fx.pin == "" {
+			// SET through the extended protocol: not replayed.
+			fx.pin = pinSet
+			if fx.set.discardAll {
+				fx.pin = pinDiscard
 			}
+		}
+		query, _ = tx.applyEffectsLocked(att, fx, query, seq)
+		if len(name) == 0 {
+			// The unnamed statement: the client's until its next Parse or
+			// simple Query, re-established on any backend it borrows.
+			un := &clientStmt{parse: appendParse(nil, "", query, rest)}
+			tx.unnamed = un
+			att.unnamedHere = true
+			att.pending = append(att.pending, pendingReply{typ: 'P', seq: seq, unnamed: un})
+			out = append(out, un.parse...)
 			break
 		}
 		if existing := tx.stmts[string(name)]; existing != nil {
@@ -365,7 +450,7 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 			out = appendParse(out, existing.server, query, rest)
 			break
 		}
-		st := &clientStmt{server: serverStmtName(query, rest)}
+		st := &clientStmt{server: serverStmtName(tx.ss.srv.stmtKey, query, rest)}
 		st.parse = appendParse(nil, st.server, query, rest)
 		tx.stmts[string(name)] = st
 		client := pendingReply{typ: 'P', client: string(name), stmt: st, seq: seq}
@@ -382,13 +467,23 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 		}
 		tx.ss.rc.prepMisses.Add(1)
 		out = tx.makeRoom(out, att, seq)
+		out = tx.closeIfUnknown(out, att, st.server, seq)
 		att.state.prepared[st.server] = att.state.lru.PushFront(st.server)
 		client.name = st.server
 		att.pending = append(att.pending, client)
 		out = append(out, st.parse...)
 	case 'B':
 		portal, stmt, rest, ok := splitBind(body)
-		if st := tx.stmts[string(stmt)]; ok && len(stmt) > 0 && st != nil {
+		if !ok {
+			out = appendRaw(out, typ, body)
+			break
+		}
+		if len(stmt) == 0 {
+			out = tx.ensureUnnamed(out, att, seq)
+			out = appendRaw(out, typ, body)
+			break
+		}
+		if st := tx.stmts[string(stmt)]; st != nil {
 			out = tx.ensurePrepared(out, att, st, seq)
 			out = appendBind(out, portal, st.server, rest)
 			break
@@ -397,7 +492,9 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 	case 'D':
 		if len(body) > 1 && body[0] == 'S' {
 			if name, ok := cBytes(body[1:]); ok {
-				if st := tx.stmts[string(name)]; st != nil && len(name) > 0 {
+				if len(name) == 0 {
+					out = tx.ensureUnnamed(out, att, seq)
+				} else if st := tx.stmts[string(name)]; st != nil {
 					out = tx.ensurePrepared(out, att, st, seq)
 					out = appendDescribe(out, st.server)
 					break
@@ -407,25 +504,36 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 		out = appendRaw(out, typ, body)
 	case 'C':
 		if len(body) > 1 && body[0] == 'S' {
-			if name, ok := cBytes(body[1:]); ok && len(name) > 0 {
-				// The statement stays on backends for other clients; the
-				// client's name goes, and closing a name that does not
-				// exist on the server still earns CloseComplete.
-				delete(tx.stmts, string(name))
+			if name, ok := cBytes(body[1:]); ok {
+				if len(name) == 0 {
+					// The backend's unnamed statement goes, whoever's it was.
+					tx.unnamed = nil
+					att.unnamedHere = true
+				} else {
+					// The statement stays on backends for other clients; the
+					// client's name goes, and closing a name that does not
+					// exist on the server still earns CloseComplete.
+					delete(tx.stmts, string(name))
+				}
 			}
 		}
 		att.pending = append(att.pending, pendingReply{typ: 'C', seq: seq})
 		out = appendRaw(out, typ, body)
 	case 'Q':
 		query, _ := cBytes(body)
-		switch cmd := classify(query); {
-		case cmd.listen:
-			out = appendQuery(out, listenRefusal)
-		case cmd.set != nil:
-			cmd.set.seq = seq
-			att.pendingSet = cmd.set
-			out = appendRaw(out, typ, body)
-		default:
+		fx := analyzeQuery(string(query), true)
+		if set := fx.set; set != nil && fx.pin == "" && tx.pinned == "" {
+			set.seq = seq
+			att.pendingSets = append(att.pendingSets, set)
+		}
+		rewritten, changed := tx.applyEffectsLocked(att, fx, query, seq)
+		// A simple Query drops the unnamed statement, on the server and
+		// so for the client.
+		tx.unnamed = nil
+		att.unnamedHere = true
+		if changed {
+			out = appendQuery(out, string(rewritten))
+		} else {
 			out = appendRaw(out, typ, body)
 		}
 		tx.ss.rc.queries.Add(1)
@@ -443,6 +551,99 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 	return out, nil
 }
 
+// ensureUnnamed puts the client's unnamed statement on the attached
+// backend before a Bind or Describe of it: the backend's own unnamed
+// statement is whatever the last client that used it left there. A client
+// with no unnamed statement gets the server's 26000, as on a direct
+// connection, through a Close of the backend's.
+func (tx *txSession) ensureUnnamed(out []byte, att *attachment, seq int) []byte {
+	if att.unnamedHere {
+		return out
+	}
+	att.unnamedHere = true
+	if un := tx.unnamed; un != nil {
+		att.pending = append(att.pending, pendingReply{typ: 'P', injected: true, seq: seq, unnamed: un})
+		return append(out, un.parse...)
+	}
+	att.pending = append(att.pending, pendingReply{typ: 'C', injected: true, seq: seq})
+	return appendClose(out, "")
+}
+
+// applyEffectsLocked acts on what a Query or Parse does to the session:
+// it pins the client (or, with GATEKEEPER_TX_PINNING=refuse, returns a
+// query that fails with 0A000 instead), keeps the gateway's record of the
+// backend's statements true after DEALLOCATE and DISCARD ALL, and renames
+// the client's statements in DEALLOCATE. It returns the query to send and
+// whether it differs from the client's.
+func (tx *txSession) applyEffectsLocked(att *attachment, fx queryEffects, query []byte, seq int) ([]byte, bool) {
+	if fx.end != txEndNone {
+		att.lastEnd, att.lastEndSeq = fx.end, seq
+	}
+	if fx.savepoint || fx.prepareTx {
+		att.sawSavepoint = true
+		if len(att.txSets) > 0 || hasSetIn(att.pendingSets) {
+			fx.pin = firstNonEmpty(fx.pin, pinSet)
+		}
+	}
+	if fx.set != nil && att.sawSavepoint && fx.pin == "" {
+		fx.pin = pinSet
+	}
+	for _, d := range fx.deallocs {
+		if tx.pinned != "" || fx.pin != "" {
+			break
+		}
+		if _, mine := tx.stmts[d.name]; !mine {
+			fx.pin = pinDeallocate
+		}
+	}
+	if fx.pin != "" && tx.pinned == "" {
+		if tx.ss.srv.cfg.TxPinning == TxPinningRefuse {
+			return []byte(pinRefusal(fx.pin)), true
+		}
+		tx.pinLocked(fx.pin)
+	}
+	if fx.deallocAll {
+		// Every statement on this backend is gone (or, if the command
+		// fails, may still be there: Parse is then preceded by Close).
+		clear(tx.stmts)
+		tx.unnamedGoneLocked()
+		att.state.forgetStatements()
+		if fx.set != nil && fx.set.discardAll || fx.pin == pinDiscard {
+			att.state.settings, att.state.settingsFP = nil, unknownSettings
+		}
+	}
+	if len(fx.deallocs) == 0 || tx.pinned != "" {
+		return query, false
+	}
+	// DEALLOCATE of the client's own statements: the server knows them
+	// under the gateway's names.
+	var b []byte
+	last := 0
+	for _, d := range fx.deallocs {
+		st := tx.stmts[d.name]
+		if st == nil {
+			continue
+		}
+		b = append(b, query[last:d.start]...)
+		b = append(b, quoteIdent(st.server)...)
+		last = d.end
+		delete(tx.stmts, d.name)
+		att.state.forget(st.server)
+	}
+	return append(b, query[last:]...), true
+}
+
+func (tx *txSession) unnamedGoneLocked() { tx.unnamed = nil }
+
+func hasSetIn(sets []*setCommand) bool { return len(sets) > 0 }
+
+func firstNonEmpty(a, b pinReason) pinReason {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
 // ensurePrepared injects a Parse for st on the attached backend if the
 // statement is not there yet (it was prepared on another backend).
 func (tx *txSession) ensurePrepared(out []byte, att *attachment, st *clientStmt, seq int) []byte {
@@ -453,9 +654,20 @@ func (tx *txSession) ensurePrepared(out []byte, att *attachment, st *clientStmt,
 	}
 	tx.ss.rc.prepMisses.Add(1)
 	out = tx.makeRoom(out, att, seq)
+	out = tx.closeIfUnknown(out, att, st.server, seq)
 	att.state.prepared[st.server] = att.state.lru.PushFront(st.server)
 	att.pending = append(att.pending, pendingReply{typ: 'P', name: st.server, injected: true, seq: seq})
 	return append(out, st.parse...)
+}
+
+// closeIfUnknown closes a gateway statement before it is parsed on a
+// backend that may still hold it untracked.
+func (tx *txSession) closeIfUnknown(out []byte, att *attachment, name string, seq int) []byte {
+	if !att.state.closeFirst {
+		return out
+	}
+	att.pending = append(att.pending, pendingReply{typ: 'C', injected: true, seq: seq})
+	return appendClose(out, name)
 }
 
 // makeRoom closes the least recently used statement when the backend holds
@@ -492,7 +704,7 @@ func (tx *txSession) attach() (*attachment, error) {
 	ss.rc.waitNanos.Add(int64(time.Since(start)))
 	conn := lease.Conn()
 	state := stateOf(conn)
-	if state.settingsFP != tx.fp {
+	if state.settingsFP != tx.fp || state.settings == nil {
 		if q := settingsDiff(state.settings, tx.settings); q != "" {
 			ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
 			_, err := conn.Exec(ctx, q)
@@ -614,7 +826,10 @@ func (tx *txSession) endAttachment(att *attachment, leftover bool) {
 		att.lease.Release(pool.ReleaseState{Broken: true})
 	} else {
 		tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
-		att.lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
+		tx.mu.Lock()
+		st := tx.sessionReset(att, pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
+		tx.mu.Unlock()
+		att.lease.Release(st)
 	}
 	relayBufs.Put(att.rbuf)
 	relayBufs.Put(att.obuf)
@@ -647,11 +862,11 @@ func (tx *txSession) failAttach(err error) string {
 	return reasonOf(err)
 }
 
-// detach hands the backend back to the pool between transactions. Called
-// by the backend side with tx.mu held, once every request is answered and
-// the backend is idle.
+// canDetachLocked reports whether the backend can go back to the pool: the
+// client is between transactions with every request answered, and is not
+// pinned. Called with tx.mu held.
 func (tx *txSession) canDetachLocked(att *attachment) bool {
-	return !att.detached && att.sent == att.answered && att.lastSettled && att.txStatus == 'I'
+	return !att.detached && tx.pinned == "" && att.sent == att.answered && att.lastSettled && att.txStatus == 'I'
 }
 
 // pumpBackend relays the backend to the client for the rest of one
@@ -693,6 +908,12 @@ func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, 
 			p = p[k:]
 			continue
 		}
+		if att.skip > 0 {
+			k := min(att.skip, len(p))
+			att.skip -= k
+			p = p[k:]
+			continue
+		}
 		// Assemble a header (and, for the few messages acted on, the
 		// whole message).
 		if len(att.hold) < 5 {
@@ -708,9 +929,18 @@ func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, 
 		if length < 4 || length > maxFrameLen {
 			return false, false, errBadFrame
 		}
-		if typ == '1' || typ == '3' || typ == 'Z' || (typ == 'E' && length < 1<<16 && tx.rewritesErrors(att)) {
+		if typ == 'A' && tx.dropsNotifications() {
+			// A notification for a channel this client never listened on:
+			// another client's LISTEN the gateway could not see (inside a
+			// function or DO block). It is not this client's to see.
+			att.hold = att.holdArr[:0]
+			att.skip = length - 4
+			att.tainted = true
+			continue
+		}
+		if typ == '1' || typ == '3' || typ == 'Z' || (typ == 'S' && length < 1<<16) || (typ == 'E' && length < 1<<16 && tx.rewritesErrors(att)) {
 			whole := 1 + length
-			if (typ != 'E' && whole > 6) || whole < len(att.hold) {
+			if (typ != 'E' && typ != 'S' && whole > 6) || whole < len(att.hold) {
 				return false, false, errBadFrame
 			}
 			k := min(whole-len(att.hold), len(p))
@@ -723,6 +953,12 @@ func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, 
 			att.hold = att.holdArr[:0]
 			if typ == 'E' {
 				out = append(out, tx.rewriteError(att, msg)...)
+				ss.rc.msgsOut.Add(1)
+				continue
+			}
+			if typ == 'S' {
+				tx.onParameterStatus(att, msg[5:])
+				out = append(out, msg...)
 				ss.rc.msgsOut.Add(1)
 				continue
 			}
@@ -796,6 +1032,7 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 	if tx.ss.outstanding.Add(-1) == 0 {
 		defer tx.ss.armIdle()
 	}
+	prev := att.txStatus
 	if len(body) == 1 {
 		att.txStatus = body[0]
 		tx.ss.txStatus.Store(uint32(body[0]))
@@ -807,6 +1044,12 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 			continue
 		}
 		switch {
+		case pr.typ == 'P' && pr.unnamed != nil:
+			if pr.injected {
+				att.unnamedHere = false // try again before the next use
+			} else if tx.unnamed == pr.unnamed {
+				tx.unnamed = nil
+			}
 		case pr.typ == 'P':
 			if pr.name != "" {
 				if el, ok := att.state.prepared[pr.name]; ok {
@@ -827,12 +1070,7 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 		}
 	}
 	att.pending = kept
-	if set := att.pendingSet; set != nil && set.seq == batch {
-		att.pendingSet = nil
-		if !att.errInBatch && att.txStatus == 'I' {
-			tx.applySetLocked(att, set)
-		}
-	}
+	tx.settleSetsLocked(att, batch, prev)
 	att.errInBatch = false
 	clear(att.dupNames)
 	if tx.canDetachLocked(att) {
@@ -842,6 +1080,64 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 		return true, true
 	}
 	return true, false
+}
+
+// settleSetsLocked records the tracked SETs a ReadyForQuery answered, as
+// PostgreSQL keeps them: at once outside a transaction block; inside one,
+// only if the block commits (ROLLBACK, an error or a failed COMMIT undo
+// them).
+func (tx *txSession) settleSetsLocked(att *attachment, batch int, prev byte) {
+	kept := att.pendingSets[:0]
+	for _, set := range att.pendingSets {
+		switch {
+		case set.seq > batch:
+			kept = append(kept, set)
+		case set.seq < batch || att.errInBatch:
+			// failed or skipped
+		case att.txStatus == 'I':
+			tx.applySetLocked(att, set)
+		case att.txStatus == 'T':
+			att.txSets = append(att.txSets, set)
+		}
+	}
+	clear(att.pendingSets[len(kept):])
+	att.pendingSets = kept
+	if att.txStatus != 'I' || prev == 'I' {
+		return
+	}
+	// The transaction block ended with this batch.
+	if prev == 'T' && !att.errInBatch && att.lastEnd == txEndCommit && att.lastEndSeq == batch {
+		for _, set := range att.txSets {
+			tx.applySetLocked(att, set)
+		}
+	}
+	att.txSets = nil
+	att.sawSavepoint = false
+}
+
+// dropsNotifications reports whether a NotificationResponse must not reach
+// this client: only a pinned client can have listened on this backend.
+func (tx *txSession) dropsNotifications() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.pinned == ""
+}
+
+// onParameterStatus pins the client when the server reports a setting
+// change the gateway neither made nor tracks: a function or DO block
+// changed the session, and only this backend holds that change.
+func (tx *txSession) onParameterStatus(att *attachment, body []byte) {
+	name, _ := cBytes(body)
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.pinned != "" || len(att.pendingSets) > 0 || len(att.txSets) > 0 {
+		return
+	}
+	switch string(name) {
+	case "in_hot_standby", "default_transaction_read_only":
+		return // the server's state, not the session's
+	}
+	tx.pinLocked(pinReportedSetting)
 }
 
 func (tx *txSession) rewritesErrors(att *attachment) bool {
@@ -871,21 +1167,39 @@ func (tx *txSession) rewriteError(att *attachment, msg []byte) []byte {
 	return msg
 }
 
-// applySetLocked records a session-level SET or RESET the client ran
-// outside a transaction, so it is applied again on every backend the
-// client borrows (and undone for the next client of this one).
+// applySetLocked records a session-level SET, RESET or DISCARD ALL that
+// took effect, so the client's settings follow it to every backend it
+// borrows, and the backend's record says what it now holds. RESET goes
+// back to the start-up value, as in PostgreSQL; on the backend it goes
+// back to the pool's default, so the start-up value is applied again on
+// the next attach.
 func (tx *txSession) applySetLocked(att *attachment, set *setCommand) {
+	have := att.state.settings
 	switch {
-	case set.resetAll:
-		clear(tx.settings)
+	case set.resetAll, set.discardAll:
+		tx.settings = cloneMap(tx.startup)
+		att.state.settings = map[string]string{}
 	case set.reset:
-		delete(tx.settings, set.name)
+		if v, ok := tx.startup[set.name]; ok {
+			tx.settings[set.name] = v
+		} else {
+			delete(tx.settings, set.name)
+		}
+		if have != nil {
+			delete(have, set.name)
+		}
 	default:
 		tx.settings[set.name] = set.statement
+		if have != nil {
+			have[set.name] = set.statement
+		}
 	}
 	tx.fp = fingerprint(tx.settings)
-	att.state.settings = cloneMap(tx.settings)
-	att.state.settingsFP = tx.fp
+	if att.state.settings == nil {
+		att.state.settingsFP = unknownSettings
+	} else {
+		att.state.settingsFP = fingerprint(att.state.settings)
+	}
 }
 
 // finish ends the attachment of a client that is leaving.
@@ -919,15 +1233,44 @@ func (tx *txSession) finish(att *attachment, reason string) {
 		Broken:    backendFailed || errors.Is(err, io.EOF) || reason == "backend-gone",
 		KeepState: true,
 	}
+	st = tx.sessionReset(att, st)
 	tx.mu.Unlock()
 	tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
 	att.lease.Release(st)
 }
 
+// sessionReset adds to st what a backend needs before another client may
+// have it: after a pinned client (or a notification meant for someone
+// else), DISCARD ALL and a fresh record of its state; after LOAD, a new
+// connection. Called with tx.mu held, or by the side that owns att.
+func (tx *txSession) sessionReset(att *attachment, st pool.ReleaseState) pool.ReleaseState {
+	if tx.pinned == "" && !att.tainted {
+		return st
+	}
+	st.KeepState = false
+	st.ResetQuery = "DISCARD ALL"
+	st.Discard = tx.pinned == pinLoad
+	att.lease.Conn().Attachment = nil
+	return st
+}
+
+// pinLocked keeps the client on its backend until it disconnects. Called
+// with tx.mu held.
+func (tx *txSession) pinLocked(reason pinReason) {
+	if tx.pinned != "" {
+		return
+	}
+	tx.pinned = reason
+	tx.ss.srv.counters.pin(reason)
+	tx.ss.srv.pinnedNow.Add(1)
+	tx.ss.setView(func(v *ClientInfo) { v.Pinned = string(reason) })
+	tx.ss.sharedLog().Info().Str("reason", string(reason)).Msg("client pinned to its backend until it disconnects")
+}
+
 // serverStmtName derives the backend's name for a statement from its text
 // and parameter types.
-func serverStmtName(query, paramTypes []byte) string {
-	h := sha256.New()
+func serverStmtName(key, query, paramTypes []byte) string {
+	h := hmac.New(sha256.New, key)
 	h.Write(query)
 	h.Write([]byte{0})
 	h.Write(paramTypes)
@@ -954,10 +1297,13 @@ func fingerprint(settings map[string]string) string {
 // want: RESET what only have set, and apply what want sets differently.
 func settingsDiff(have, want map[string]string) string {
 	var q []byte
+	if have == nil {
+		q = append(q, "RESET ALL;"...)
+	}
 	for _, name := range sortedKeys(have) {
 		if _, ok := want[name]; !ok {
 			q = append(q, "RESET "...)
-			q = append(q, quoteIdent(name)...)
+			q = append(q, quoteQualified(name)...)
 			q = append(q, ';')
 		}
 	}

@@ -759,7 +759,7 @@ func TestTxSetAndReset(t *testing.T) {
 }
 
 func TestTxListenRefused(t *testing.T) {
-	g := txGateway(t, 1)
+	g := txGatewayWith(t, 1, func(w *wire.Config) { w.TxPinning = wire.TxPinningRefuse })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	a := txConnect(t, g)

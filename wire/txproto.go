@@ -96,122 +96,27 @@ func appendQuery(out []byte, sql string) []byte {
 	return endMessage(out, at)
 }
 
-// listenRefusal replaces a LISTEN in transaction mode. The server raises
-// the error itself, so the client sees it exactly where LISTEN's answer
-// would be, and an open transaction is aborted as any error aborts it.
-const listenRefusal = `DO $querycop$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', ` +
-	`MESSAGE = 'LISTEN is not supported in transaction pooling mode', ` +
-	`HINT = 'A notification could arrive while another client holds this server connection. Connect through a gateway with GATEKEEPER_POOL_MODE=session to use LISTEN.'; END$querycop$`
-
-// setCommand is a session-level SET or RESET that a client ran.
-type setCommand struct {
-	name      string // lower case
-	statement string // the client's statement, run again on other backends
-	reset     bool
-	resetAll  bool
-	seq       int
+// pinRefusal replaces a statement that would pin the client when
+// GATEKEEPER_TX_PINNING=refuse. The server raises the error itself, so the
+// client sees it exactly where the statement's answer would be, and an
+// open transaction is aborted as any error aborts it.
+func pinRefusal(r pinReason) string {
+	msg := r.what() + " is not supported in transaction pooling mode with GATEKEEPER_TX_PINNING=refuse"
+	hint := "Unset GATEKEEPER_TX_PINNING (or set it to pin) to keep such a client on one server connection until it disconnects, or connect through a gateway with GATEKEEPER_POOL_MODE=session."
+	return `DO $querycop$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = ` +
+		quoteLiteral(msg) + `, HINT = ` + quoteLiteral(hint) + `; END$querycop$`
 }
 
-// sqlCommand is what transaction mode needs to know about a simple query.
-type sqlCommand struct {
-	listen bool
-	set    *setCommand
-}
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// classify looks at a simple query for LISTEN (in any of its statements)
-// and for a single session-level SET or RESET. Anything more complex (SET
-// among other statements, SET LOCAL, SET inside a function) is left alone.
-func classify(query []byte) sqlCommand {
-	q := strings.TrimSpace(skipComments(string(query)))
-	q = strings.TrimRight(q, "; \t\r\n")
-	words := strings.Fields(q)
-	if len(words) == 0 {
-		return sqlCommand{}
+// quoteQualified quotes a setting name, part by part for a placeholder
+// such as myapp.tenant.
+func quoteQualified(name string) string {
+	parts := strings.Split(name, ".")
+	for i, p := range parts {
+		parts[i] = quoteIdent(p)
 	}
-	if listens(q) {
-		return sqlCommand{listen: true}
-	}
-	if strings.Contains(q, ";") {
-		return sqlCommand{}
-	}
-	first := strings.ToLower(words[0])
-	switch first {
-	case "set":
-		if len(words) < 2 {
-			return sqlCommand{}
-		}
-		i := 1
-		if strings.EqualFold(words[1], "session") {
-			i = 2
-		}
-		if i >= len(words) {
-			return sqlCommand{}
-		}
-		name := strings.ToLower(words[i])
-		switch name {
-		case "local", "transaction", "characteristics", "role", "authorization", "session":
-			return sqlCommand{}
-		case "time":
-			name = "timezone"
-		}
-		if k := strings.IndexAny(name, "=("); k >= 0 {
-			name = name[:k]
-		}
-		if name == "" {
-			return sqlCommand{}
-		}
-		return sqlCommand{set: &setCommand{name: name, statement: q}}
-	case "reset":
-		if len(words) != 2 {
-			return sqlCommand{}
-		}
-		name := strings.ToLower(words[1])
-		if name == "all" {
-			return sqlCommand{set: &setCommand{resetAll: true, statement: q}}
-		}
-		if name == "role" || name == "session" {
-			return sqlCommand{}
-		}
-		return sqlCommand{set: &setCommand{name: name, reset: true, statement: q}}
-	}
-	return sqlCommand{}
-}
-
-// listens reports whether any statement of q starts with LISTEN. The split
-// on ';' does not parse string literals, so a literal holding "; listen"
-// is refused too: erring towards refusal keeps notifications from landing
-// on another client's connection.
-func listens(q string) bool {
-	for _, stmt := range strings.Split(q, ";") {
-		words := strings.Fields(skipComments(stmt))
-		if len(words) > 0 && strings.EqualFold(words[0], "listen") {
-			return true
-		}
-	}
-	return false
-}
-
-// skipComments drops leading SQL comments.
-func skipComments(q string) string {
-	for {
-		q = strings.TrimLeft(q, " \t\r\n")
-		switch {
-		case strings.HasPrefix(q, "--"):
-			i := strings.IndexByte(q, '\n')
-			if i < 0 {
-				return ""
-			}
-			q = q[i+1:]
-		case strings.HasPrefix(q, "/*"):
-			i := strings.Index(q, "*/")
-			if i < 0 {
-				return ""
-			}
-			q = q[i+2:]
-		default:
-			return q
-		}
-	}
+	return strings.Join(parts, ".")
 }
 
 func quoteIdent(s string) string {
