@@ -121,7 +121,7 @@ func TestTxIsolationSessionState(t *testing.T) {
 		{"multi-statement set", []string{"select 1; set search_path = evil5"}, []string{"show search_path"}},
 		{"sql prepare", []string{"prepare qc_mine(int) as select $1 + 1"}, []string{"execute qc_mine(1)"}},
 		{"cursor with hold", []string{"declare qc_cur cursor with hold for select 42"}, []string{"fetch qc_cur"}},
-		{"function changing a setting", []string{"create or replace function pg_temp.qc_f() returns void language sql as $$select set_config('application_name', 'from_fn', false)$$", "select pg_temp.qc_f()"}, []string{"show application_name"}},
+		{"function changing a reported setting", []string{"create or replace function qc_set_app() returns void language sql as $$select set_config('application_name', 'from_fn', false)$$", "select qc_set_app()"}, []string{"show application_name"}},
 	}
 	for _, size := range []int{1, 3} {
 		for _, tc := range cases {

@@ -155,6 +155,7 @@ type attachment struct {
 	lastEnd      txEnd
 	lastEndSeq   int
 	sawSavepoint bool
+	savepointSeq int
 	// unnamedHere: the backend's unnamed statement is the client's (or
 	// neither has one).
 	unnamedHere bool
@@ -580,8 +581,8 @@ func (tx *txSession) applyEffectsLocked(att *attachment, fx queryEffects, query 
 		att.lastEnd, att.lastEndSeq = fx.end, seq
 	}
 	if fx.savepoint || fx.prepareTx {
-		att.sawSavepoint = true
-		if len(att.txSets) > 0 || hasSetIn(att.pendingSets) {
+		att.sawSavepoint, att.savepointSeq = true, seq
+		if len(att.txSets) > 0 || len(att.pendingSets) > 0 {
 			fx.pin = firstNonEmpty(fx.pin, pinSet)
 		}
 	}
@@ -606,7 +607,6 @@ func (tx *txSession) applyEffectsLocked(att *attachment, fx queryEffects, query 
 		// Every statement on this backend is gone (or, if the command
 		// fails, may still be there: Parse is then preceded by Close).
 		clear(tx.stmts)
-		tx.unnamedGoneLocked()
 		att.state.forgetStatements()
 		if fx.set != nil && fx.set.discardAll || fx.pin == pinDiscard {
 			att.state.settings, att.state.settingsFP = nil, unknownSettings
@@ -633,9 +633,6 @@ func (tx *txSession) applyEffectsLocked(att *attachment, fx queryEffects, query 
 	return append(b, query[last:]...), true
 }
 
-func (tx *txSession) unnamedGoneLocked() { tx.unnamed = nil }
-
-func hasSetIn(sets []*setCommand) bool { return len(sets) > 0 }
 
 func firstNonEmpty(a, b pinReason) pinReason {
 	if a != "" {
@@ -1102,6 +1099,9 @@ func (tx *txSession) settleSetsLocked(att *attachment, batch int, prev byte) {
 	}
 	clear(att.pendingSets[len(kept):])
 	att.pendingSets = kept
+	if att.txStatus == 'I' && batch >= att.savepointSeq {
+		att.sawSavepoint = false
+	}
 	if att.txStatus != 'I' || prev == 'I' {
 		return
 	}
@@ -1112,7 +1112,6 @@ func (tx *txSession) settleSetsLocked(att *attachment, batch int, prev byte) {
 		}
 	}
 	att.txSets = nil
-	att.sawSavepoint = false
 }
 
 // dropsNotifications reports whether a NotificationResponse must not reach
@@ -1127,15 +1126,25 @@ func (tx *txSession) dropsNotifications() bool {
 // change the gateway neither made nor tracks: a function or DO block
 // changed the session, and only this backend holds that change.
 func (tx *txSession) onParameterStatus(att *attachment, body []byte) {
-	name, _ := cBytes(body)
+	raw, _ := cBytes(body)
+	name := lowerASCII(string(raw))
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	if tx.pinned != "" || len(att.pendingSets) > 0 || len(att.txSets) > 0 {
+	if tx.pinned != "" {
 		return
 	}
-	switch string(name) {
+	switch name {
 	case "in_hot_standby", "default_transaction_read_only":
 		return // the server's state, not the session's
+	}
+	// Expected: the report of a tracked SET or RESET in flight, or of one
+	// a transaction block's end keeps or undoes.
+	for _, sets := range [2][]*setCommand{att.pendingSets, att.txSets} {
+		for _, set := range sets {
+			if set.name == name || set.resetAll || set.discardAll {
+				return
+			}
+		}
 	}
 	tx.pinLocked(pinReportedSetting)
 }

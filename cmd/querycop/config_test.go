@@ -164,7 +164,7 @@ func sampleValue(t *testing.T, l leaf) string {
 		return ""
 	}
 	if reflect.PointerTo(typ).Implements(unmarshaler) {
-		for _, c := range []string{"require", "debug", "warn", "verify-full", "transaction"} {
+		for _, c := range []string{"require", "debug", "warn", "verify-full", "transaction", "refuse"} {
 			if c != l.def && reflect.New(typ).Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(c)) == nil {
 				return c
 			}
