@@ -633,7 +633,6 @@ func (tx *txSession) applyEffectsLocked(att *attachment, fx queryEffects, query 
 	return append(b, query[last:]...), true
 }
 
-
 func firstNonEmpty(a, b pinReason) pinReason {
 	if a != "" {
 		return a
