@@ -120,6 +120,8 @@ func TestTxIsolationSessionState(t *testing.T) {
 		{"quoted name", []string{`set "search_path" = evil4`}, []string{"show search_path"}},
 		{"multi-statement set", []string{"select 1; set search_path = evil5"}, []string{"show search_path"}},
 		{"sql prepare", []string{"prepare qc_mine(int) as select $1 + 1"}, []string{"execute qc_mine(1)"}},
+		{"load", []string{"load 'auto_explain'"}, []string{"select 1"}},
+		{"deallocate of a name the client does not own", []string{"deallocate qc_nothing_of_mine"}, []string{"select 1"}},
 		{"cursor with hold", []string{"declare qc_cur cursor with hold for select 42"}, []string{"fetch qc_cur"}},
 		{"function changing a reported setting", []string{"create or replace function qc_set_app() returns void language sql as $$select set_config('application_name', 'from_fn', false)$$", "select qc_set_app()"}, []string{"show application_name"}},
 	}
@@ -343,6 +345,35 @@ func TestTxIsolationStatements(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestTxExtendedProtocolPins: what the extended protocol runs cannot be
+// replayed by the gateway, so SET and DISCARD ALL through it pin.
+func TestTxExtendedProtocolPins(t *testing.T) {
+	g := txGatewayWith(t, 2, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ sql, reason, check string }{
+		{"set search_path = ext_evil", "set", "show search_path"},
+		{"discard all", "discard", "select 1"},
+	} {
+		a, direct := txConnect(t, g), directConnect(t)
+		for _, c := range []*pgconn.PgConn{a, direct} {
+			if _, err := c.ExecParams(ctx, tc.sql, nil, nil, nil, nil).Close(); err != nil {
+				t.Fatalf("%s: %v", tc.sql, err)
+			}
+		}
+		sameAsDirect(t, a, direct, tc.check)
+		b := txConnect(t, g)
+		if got := answer(b, "show search_path"); got != `"$user", public` {
+			t.Errorf("after another client's %s, B sees search_path %q", tc.sql, got)
+		}
+		if n := g.srv.Stats().Pins[tc.reason]; n != 1 {
+			t.Errorf("%s: pins by reason %s = %d, want 1", tc.sql, tc.reason, n)
+		}
+		a.Close(ctx)
+		b.Close(ctx)
+	}
 }
 
 // TestTxListenNotifyPinned: LISTEN works in transaction mode by pinning, and

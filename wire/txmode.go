@@ -24,6 +24,13 @@ import (
 
 // Transaction pooling.
 //
+// Isolation is the invariant: what a client can observe is its own
+// session, never another's (settings, role, temporary objects, locks,
+// prepared or unnamed statements, portals, results, notifications). State
+// the gateway can replay exactly is carried from backend to backend; the
+// rest pins the client to its backend until it disconnects, and the
+// backend is reset before anyone else gets it (txeffects.go).
+//
 // A client holds a backend only from its first message until the backend
 // reports ReadyForQuery 'I' with every request answered; then the backend
 // goes back to the pool without a reset, and the next message attaches
