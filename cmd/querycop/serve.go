@@ -75,7 +75,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		Bool("token_mode", dialer.TokenMode()).
 		Int("pool_size", cfg.Pool.Size).
 		Int("pool_min_idle", cfg.Pool.MinIdle).
-		Dur("pool_max_conn_lifetime", cfg.Pool.MaxConnLifetime).
+		Str("pool_max_conn_lifetime", cfg.Pool.MaxConnLifetime.String()). // with its unit: zerolog's Dur is a bare number
 		Int("max_client_conn", cfg.Wire.MaxClientConn).
 		Msg("querycop started")
 
@@ -110,7 +110,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 
 	api.SetDraining()
-	log.Info().Dur("timeout", cfg.Shutdown.Timeout).Int64("clients", srv.Stats().Connected).
+	log.Info().Str("timeout", cfg.Shutdown.Timeout.String()).Int64("clients", srv.Stats().Connected).
 		Msg("shutting down: no new clients, waiting for sessions to end")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout)
 	defer cancel()
