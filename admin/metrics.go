@@ -20,6 +20,7 @@ type collector struct {
 	dialFailures                                              *prometheus.Desc
 	clientsConnected, clientsRefused, relayBytes, relayMsgs   *prometheus.Desc
 	tokenMints, tokenFailures, tokenConsecutive, tokenExpiry  *prometheus.Desc
+	tokenProvider                                             *prometheus.Desc
 	paused, readyDesc, probes                                 *prometheus.Desc
 	transactions, queries, backendWait, backendHeld, prepared *prometheus.Desc
 	txPins, txPinned                                          *prometheus.Desc
@@ -54,6 +55,7 @@ func newCollector(deps Deps, ready func(context.Context) bool) *collector {
 		tokenFailures:    d("token_mint_failures_total", "Failed runs of the token command.", "user"),
 		tokenConsecutive: d("token_consecutive_failures", "Failed runs of the token command since the last success.", "user"),
 		tokenExpiry:      d("token_expiry_seconds", "Seconds until the current token expires (negative: expired or none).", "user"),
+		tokenProvider:    d("token_provider", "1, labelled with the token provider in force (command, azure, aws-rds, gcp); absent in pass-through mode.", "provider"),
 		paused:           d("paused", "1 while the pools are paused through the admin API."),
 		transactions:     d("transactions_total", "Transaction mode: backend connections lent to clients (one per transaction or single statement)."),
 		queries:          d("queries_total", "Transaction mode: Query and Execute messages relayed."),
@@ -142,6 +144,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.txPinned, float64(st.PinnedClients))
 	}
 	if c.deps.Tokens != nil {
+		if p, ok := c.deps.Tokens.(interface{ Provider() string }); ok {
+			gauge(c.tokenProvider, 1, p.Provider())
+		}
 		now := time.Now()
 		for _, t := range c.deps.Tokens.Status() {
 			counter(c.tokenMints, float64(t.Mints), t.User)

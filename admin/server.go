@@ -335,7 +335,11 @@ func (s *Server) token(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"mode": "pass-through", "tokens": []token.Status{}})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"mode": "token", "tokens": nonNil(s.deps.Tokens.Status())})
+	body := map[string]any{"mode": "token", "tokens": nonNil(s.deps.Tokens.Status())}
+	if p, ok := s.deps.Tokens.(interface{ Provider() string }); ok {
+		body["provider"] = p.Provider()
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 func (s *Server) config(w http.ResponseWriter, _ *http.Request) {

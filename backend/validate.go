@@ -21,6 +21,7 @@ const (
 	envTLSCAFile      = "GATEKEEPER_BACKEND_TLS_CA_FILE"
 	envConnectTimeout = "GATEKEEPER_BACKEND_CONNECT_TIMEOUT"
 	envTokenCmd       = "GATEKEEPER_BACKEND_TOKEN_CMD"
+	envTokenProvider  = "GATEKEEPER_BACKEND_TOKEN_PROVIDER"
 )
 
 // Validate reports every problem with c at once, joined with errors.Join.
@@ -55,13 +56,19 @@ func (c Config) Validate() error {
 		}
 	}
 
-	if c.Token.Cmd != "" && !c.TLSMode.AlwaysTLS() {
+	if c.Token.TokenMode() && !c.TLSMode.AlwaysTLS() {
 		why := "can fall back to plaintext and would leak the token"
 		if c.TLSMode == TLSDisable {
 			why = "sends the token in plaintext"
 		}
-		add(fmt.Sprintf("%s is set but %s=%s, which %s; set %s to verify-full (or verify-ca or require)",
-			envTokenCmd, envTLSMode, c.TLSMode, why, envTLSMode), envTokenCmd, envTLSMode)
+		// Name what the operator set: the command, or the built-in provider.
+		what := envTokenCmd + " is set"
+		tokenVar := envTokenCmd
+		if p := c.Token.ProviderName(); p != "command" {
+			what, tokenVar = envTokenProvider+"="+p, envTokenProvider
+		}
+		add(fmt.Sprintf("%s but %s=%s, which %s; set %s to verify-full (or verify-ca or require)",
+			what, envTLSMode, c.TLSMode, why, envTLSMode), tokenVar, envTLSMode)
 	}
 
 	if err := c.Token.Validate(); err != nil {

@@ -73,9 +73,18 @@ type Error struct {
 	// context.DeadlineExceeded on timeout, the caller's context error on
 	// cancellation, or the error starting sh.
 	Err error
+	// Provider is set for the built-in providers (azure, aws-rds, gcp),
+	// whose failures read "backend token provider failed: <provider>: "
+	// + Reason instead.
+	Provider string
 }
 
-func (e *Error) Error() string { return "backend token command failed: " + e.Reason }
+func (e *Error) Error() string {
+	if e.Provider != "" && e.Provider != ProviderCommand {
+		return "backend token provider failed: " + e.Provider + ": " + e.Reason
+	}
+	return "backend token command failed: " + e.Reason
+}
 
 func (e *Error) Unwrap() error { return e.Err }
 

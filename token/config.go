@@ -21,4 +21,15 @@ type Config struct {
 	// Reuse shares one token among connections until it nears expiry;
 	// false mints one per backend connection.
 	Reuse bool `env:"REUSE" envDefault:"true" help:"reuse one token for many backend connections (false: run the command for every new backend connection)"`
+
+	// Provider names where tokens come from; see provider.go. Empty means
+	// "command" when Cmd is set and pass-through mode otherwise.
+	Provider string `env:"PROVIDER" help:"where backend tokens come from: command (the default when GATEKEEPER_BACKEND_TOKEN_CMD is set), azure, aws-rds or gcp; unset without a command = pass-through mode"`
+	// AzureClientID selects a user-assigned managed identity (or the
+	// workload identity's client) for the azure provider.
+	AzureClientID string `env:"AZURE_CLIENT_ID" help:"azure provider: client ID of the user-assigned managed identity or workload identity to use (default: AZURE_CLIENT_ID, else the system-assigned identity)"`
+	// AWSRegion is the region RDS IAM tokens are signed for.
+	AWSRegion string `env:"AWS_REGION" help:"aws-rds provider: region the token is signed for (default: the AWS SDK's own resolution: AWS_REGION, AWS_DEFAULT_REGION, the shared config profile)"`
+	// GCPScopes are the OAuth scopes asked for by the gcp provider.
+	GCPScopes string `env:"GCP_SCOPES" envDefault:"https://www.googleapis.com/auth/sqlservice.login https://www.googleapis.com/auth/alloydb.login" help:"gcp provider: OAuth scopes of the access token, separated by spaces or commas; the default is accepted by Cloud SQL and AlloyDB IAM login"`
 }

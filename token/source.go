@@ -84,8 +84,9 @@ const (
 // runs the command again (at most once per demandFloor). Safe for
 // concurrent use.
 type Source struct {
-	cfg    Config
-	minter Minter
+	cfg      Config
+	minter   Minter
+	provider string // a built-in provider's name; "" for the command
 	// OnFailure, if set before use, is told about failed mints that nobody
 	// waited for (background refreshes), so they can be logged.
 	OnFailure func(Target, error)
@@ -140,6 +141,9 @@ type call struct {
 func NewSource(cfg Config, m Minter) *Source {
 	s := &Source{cfg: cfg, minter: m, entries: map[key]*entry{},
 		LoginSafety: 10*time.Second + ClockSkew, demandFloor: demandFloor, idleKeep: idleKeep}
+	if n, ok := m.(Named); ok && builtin(n.ProviderName()) {
+		s.provider = n.ProviderName()
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -153,7 +157,7 @@ func (s *Source) Token(ctx context.Context, t Target) (Token, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return Token{}, &Error{Reason: "the gateway is shutting down"}
+		return Token{}, s.error("the gateway is shutting down", nil)
 	}
 	now := time.Now()
 	e := s.entries[k]
@@ -189,7 +193,7 @@ func (s *Source) Token(ctx context.Context, t Target) (Token, error) {
 	case <-c.done:
 		return c.tok, c.err
 	case <-ctx.Done():
-		return Token{}, &Error{Reason: "canceled: " + ctx.Err().Error(), Err: ctx.Err()}
+		return Token{}, s.error("canceled: "+ctx.Err().Error(), ctx.Err())
 	}
 }
 
@@ -264,19 +268,25 @@ func (s *Source) startLocked(k key, e *entry, background bool) *call {
 	go func() {
 		defer s.running.Done()
 		start := time.Now()
-		value, err := s.minter.Mint(s.ctx, t)
-		s.finish(k, e, c, value, err, start, background)
+		value, expiry, err := mintOnce(s.ctx, s.minter, t)
+		if err != nil && s.provider != "" {
+			err = providerError(s.provider, err)
+		}
+		s.finish(k, e, c, value, expiry, err, start, background)
 	}()
 	return c
 }
 
 // newToken builds the Token for a value the command printed at minted.
-func (s *Source) newToken(value string, minted time.Time) Token {
-	tok := Token{Value: value, seen: minted}
-	if exp, ok := jwtExpiry(value); ok {
-		tok.Expiry = exp
-	} else {
-		tok.Expiry = minted.Add(s.cfg.Lifetime)
+// A provider's own expiry comes first, then the JWT's exp, then the lifetime.
+func (s *Source) newToken(value string, minted, expiry time.Time) Token {
+	tok := Token{Value: value, seen: minted, Expiry: expiry}
+	if tok.Expiry.IsZero() {
+		if exp, ok := jwtExpiry(value); ok {
+			tok.Expiry = exp
+		} else {
+			tok.Expiry = minted.Add(s.cfg.Lifetime)
+		}
 	}
 	tok.UseUntil = tok.Expiry.Add(-s.LoginSafety)
 	tok.refreshAt = tok.Expiry.Add(-s.cfg.RefreshMargin)
@@ -291,16 +301,16 @@ func (s *Source) newToken(value string, minted time.Time) Token {
 // unusable explains why a token the command printed cannot serve a login.
 func (s *Source) unusable(tok Token, now time.Time) error {
 	if !now.Before(tok.Expiry) {
-		return &Error{Reason: fmt.Sprintf(
-			"the command printed a token that expired at %s, before it could be used (is this host's clock right?)",
-			tok.Expiry.UTC().Format(time.RFC3339))}
+		return s.error(fmt.Sprintf(
+			"%s a token that expired at %s, before it could be used (is this host's clock right?)",
+			s.printed(), tok.Expiry.UTC().Format(time.RFC3339)), nil)
 	}
-	return &Error{Reason: fmt.Sprintf(
-		"the command printed a token that expires at %s, too soon to log in with it (a token is not used in the last %s before its expiry); check this host's clock, or the command's own cache",
-		tok.Expiry.UTC().Format(time.RFC3339), s.LoginSafety)}
+	return s.error(fmt.Sprintf(
+		"%s a token that expires at %s, too soon to log in with it (a token is not used in the last %s before its expiry); check this host's clock, or the %s own cache",
+		s.printed(), tok.Expiry.UTC().Format(time.RFC3339), s.LoginSafety, s.whose()), nil)
 }
 
-func (s *Source) finish(k key, e *entry, c *call, value string, err error, start time.Time, background bool) {
+func (s *Source) finish(k key, e *entry, c *call, value string, expiry time.Time, err error, start time.Time, background bool) {
 	now := time.Now()
 	s.mu.Lock()
 	target := e.target
@@ -311,7 +321,7 @@ func (s *Source) finish(k key, e *entry, c *call, value string, err error, start
 	cur := e.tok
 	var tok Token
 	if err == nil {
-		tok = s.newToken(value, start)
+		tok = s.newToken(value, start, expiry)
 	}
 	kept := false
 	if err == nil && s.cfg.Reuse && cur.usable(now) && !tok.Expiry.After(cur.Expiry) {

@@ -38,5 +38,6 @@ func (c Config) Validate() error {
 		problems = append(problems, confcheck.Problem{Vars: []string{envMargin, envLifetime},
 			Msg: fmt.Sprintf("%s=%s must be at least 0 and below %s (%s)", envMargin, c.RefreshMargin, envLifetime, c.Lifetime)})
 	}
+	problems = append(problems, c.validateProvider()...)
 	return errors.Join(problems...)
 }

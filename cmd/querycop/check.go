@@ -64,10 +64,15 @@ func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	failed := false
 
 	var tokens *token.Source
-	if b.Token.Cmd != "" {
+	if b.Token.TokenMode() {
 		tcfg := b.Token
 		tcfg.Reuse = true // the auth step uses the token this step minted
-		tokens = token.NewSource(tcfg, token.NewCommand(tcfg))
+		minter, err := token.NewMinter(ctx, tcfg)
+		if err != nil {
+			report("fail", "token", "%v", err)
+			return exitFailed
+		}
+		tokens = token.NewSource(tcfg, minter)
 		defer tokens.Close()
 		start := time.Now()
 		tok, err := tokens.Token(ctx, token.Target{Host: b.Host, Port: b.Port, User: *user, Database: *database})
@@ -75,9 +80,18 @@ func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 			report("fail", "token", "%v", err)
 			failed = true
 		} else {
-			report("ok", "token", "minted in %s for user %q; expires %s (in %s); used for new connections until %s",
-				time.Since(start).Round(time.Millisecond), *user, tok.Expiry.UTC().Format(time.RFC3339),
+			report("ok", "token", "%s minted in %s for user %q; expires %s (in %s); used for new connections until %s",
+				tokens.Provider(), time.Since(start).Round(time.Millisecond), *user, tok.Expiry.UTC().Format(time.RFC3339),
 				time.Until(tok.Expiry).Round(time.Second), tok.UseUntil.UTC().Format(time.RFC3339))
+			// Whom the token stands for, from the provider (never the token).
+			if id, ok := minter.(token.Identifier); ok {
+				who, err := id.Identity(ctx, tok.Value)
+				if err != nil {
+					report("warn", "token", "identity not resolved: %s", redactToken(err.Error(), tok.Value))
+				} else {
+					report("ok", "token", "identity: %s", redactToken(who, tok.Value))
+				}
+			}
 		}
 	}
 
@@ -154,8 +168,12 @@ func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 }
 
 func modeName(b backend.Config) string {
-	if b.Token.Cmd != "" {
+	switch p := b.Token.ProviderName(); p {
+	case "":
+	case token.ProviderCommand:
 		return "token mode (GATEKEEPER_BACKEND_TOKEN_CMD)"
+	default:
+		return "token mode (GATEKEEPER_BACKEND_TOKEN_PROVIDER=" + p + ")"
 	}
 	return "pass-through mode (the client's password)"
 }
@@ -192,4 +210,13 @@ func certName(c *x509.Certificate) string {
 		return c.DNSNames[0]
 	}
 	return c.Subject.String()
+}
+
+// redactToken keeps a token out of what check prints, whatever an SDK's
+// error text happens to quote.
+func redactToken(s, tok string) string {
+	if tok == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, tok, "[REDACTED]")
 }

@@ -353,7 +353,7 @@ func editDistance(a, b string) int {
 // authFileModeCheck refuses MD5 client auth file entries in pass-through
 // mode: the gateway would check the client but could not log in for it.
 func authFileModeCheck(cfg Config) error {
-	if cfg.Wire.ClientAuthFile == "" || cfg.Backend.Token.Cmd != "" {
+	if cfg.Wire.ClientAuthFile == "" || cfg.Backend.Token.TokenMode() {
 		return nil
 	}
 	users, err := wire.AuthFileMD5Users(cfg.Wire.ClientAuthFile)

@@ -37,6 +37,7 @@ var rdDocumentedErrorPrefixes = []string{
 	"backend dial failed: ",
 	"backend TLS negotiation failed: ",
 	"backend token command failed: ",
+	"backend token provider failed: ",
 }
 
 // rdRead returns the file at path (relative to the repository root).

@@ -26,8 +26,12 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	var tokens *token.Source
 	var dialer *backend.Dialer
 	var err error
-	if cfg.Backend.Token.Cmd != "" {
-		tokens = token.NewSource(cfg.Backend.Token, token.NewCommand(cfg.Backend.Token))
+	if cfg.Backend.Token.TokenMode() {
+		minter, err := token.NewMinter(ctx, cfg.Backend.Token)
+		if err != nil {
+			return err
+		}
+		tokens = token.NewSource(cfg.Backend.Token, minter)
 		// A token is not used for a login it might not finish before the
 		// token expires, by this host's clock or the server's.
 		tokens.LoginSafety = cfg.Backend.ConnectTimeout + token.ClockSkew
@@ -73,6 +77,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		Str("backend", fmt.Sprintf("%s:%d", cfg.Backend.Host, cfg.Backend.Port)).
 		Str("backend_tls_mode", string(cfg.Backend.TLSMode)).
 		Bool("token_mode", dialer.TokenMode()).
+		Str("token_provider", cfg.Backend.Token.ProviderName()).
 		Int("pool_size", cfg.Pool.Size).
 		Int("pool_min_idle", cfg.Pool.MinIdle).
 		Str("pool_max_conn_lifetime", cfg.Pool.MaxConnLifetime.String()). // with its unit: zerolog's Dur is a bare number

@@ -1,0 +1,219 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/querycop/querycop/internal/confcheck"
+)
+
+// Provider names, as GATEKEEPER_BACKEND_TOKEN_PROVIDER spells them.
+const (
+	ProviderCommand = "command"
+	ProviderAzure   = "azure"
+	ProviderAWSRDS  = "aws-rds"
+	ProviderGCP     = "gcp"
+)
+
+// providers lists the values GATEKEEPER_BACKEND_TOKEN_PROVIDER accepts.
+var providers = []string{ProviderCommand, ProviderAzure, ProviderAWSRDS, ProviderGCP}
+
+const envProvider = "GATEKEEPER_BACKEND_TOKEN_PROVIDER"
+
+// ProviderName is the provider in force: the configured one, "command" when
+// only GATEKEEPER_BACKEND_TOKEN_CMD is set, and "" in pass-through mode.
+func (c Config) ProviderName() string {
+	if p := strings.TrimSpace(c.Provider); p != "" {
+		return p
+	}
+	if c.Cmd != "" {
+		return ProviderCommand
+	}
+	return ""
+}
+
+// TokenMode reports whether backend connections authenticate with a minted
+// token rather than the client's password.
+func (c Config) TokenMode() bool { return c.ProviderName() != "" }
+
+// Built-in providers are the ones minting in-process through a cloud SDK.
+func builtin(name string) bool {
+	return name == ProviderAzure || name == ProviderAWSRDS || name == ProviderGCP
+}
+
+// timedMinter is a Minter that knows when its token expires, as the cloud
+// SDKs do (an RDS token is opaque, a Google access token too); Source
+// prefers that expiry to the JWT's exp and to Config.Lifetime.
+type timedMinter interface {
+	MintTimed(ctx context.Context, t Target) (value string, expiry time.Time, err error)
+}
+
+// mintOnce runs m once for t: the seam between Source and the providers.
+func mintOnce(ctx context.Context, m Minter, t Target) (string, time.Time, error) {
+	if tm, ok := m.(timedMinter); ok {
+		return tm.MintTimed(ctx, t)
+	}
+	v, err := m.Mint(ctx, t)
+	return v, time.Time{}, err
+}
+
+// Identifier is implemented by the built-in providers: it says whom a token
+// minted by them stands for (for `querycop check`), never the token.
+type Identifier interface {
+	Identity(ctx context.Context, value string) (string, error)
+}
+
+// Named is implemented by every Minter this package makes.
+type Named interface {
+	ProviderName() string
+}
+
+// ProviderName is "command".
+func (c *Command) ProviderName() string { return ProviderCommand }
+
+// NewMinter returns the Minter for cfg's provider, which must have passed
+// Validate, or nil in pass-through mode. A built-in provider reads its
+// cloud SDK's configuration here, so a missing region or an unusable
+// credential set-up stops start-up rather than the first client.
+func NewMinter(ctx context.Context, cfg Config) (Minter, error) {
+	switch name := cfg.ProviderName(); name {
+	case "":
+		return nil, nil
+	case ProviderCommand:
+		return NewCommand(cfg), nil
+	case ProviderAzure:
+		return newAzure(cfg)
+	case ProviderAWSRDS:
+		return newAWSRDS(ctx, cfg)
+	case ProviderGCP:
+		return newGCP(cfg)
+	default:
+		return nil, fmt.Errorf("%s=%q is not one of %s", envProvider, name, strings.Join(providers, ", "))
+	}
+}
+
+// providerError is a provider's failure in the documented form
+// "backend token provider failed: <provider>: <cause>". The cause is the
+// SDK's error folded onto one bounded line: SDK errors span several lines
+// (a credential chain lists every attempt) and no log line or client
+// message should.
+func providerError(provider string, err error) *Error {
+	var te *Error
+	if errors.As(err, &te) {
+		if te.Provider == "" {
+			te.Provider = provider
+		}
+		return te
+	}
+	return &Error{Provider: provider, Reason: oneLine(err.Error(), maxCause), Err: err}
+}
+
+// maxCause bounds the cause shown for a provider's failure.
+const maxCause = 700
+
+// oneLine folds runs of white space (newlines, tabs) to one space and cuts
+// s to at most max bytes, on a rune boundary.
+func oneLine(s string, max int) string {
+	var b strings.Builder
+	space := false
+	for _, r := range strings.TrimSpace(s) {
+		if unicode.IsSpace(r) {
+			space = true
+			continue
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		if b.Len()+len(string(r)) > max {
+			b.WriteString("…")
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// validateProvider adds cfg's provider problems to problems.
+func (c Config) validateProvider() []error {
+	var problems []error
+	p := strings.TrimSpace(c.Provider)
+	switch {
+	case p == "":
+	case !contains(providers, p):
+		problems = append(problems, problem([]string{envProvider},
+			fmt.Sprintf("%s=%q is not a token provider; use one of %s, or unset it for pass-through mode (or the command alone)",
+				envProvider, c.Provider, strings.Join(providers, ", "))))
+	case p == ProviderCommand && c.Cmd == "":
+		problems = append(problems, problem([]string{envProvider, envCmd},
+			fmt.Sprintf("%s=command needs %s, the command that prints the token", envProvider, envCmd)))
+	case builtin(p) && c.Cmd != "":
+		problems = append(problems, problem([]string{envProvider, envCmd},
+			fmt.Sprintf("%s=%s and %s are both set: the %s provider mints the token itself; unset %s, or set %s=command to keep the command",
+				envProvider, p, envCmd, p, envCmd, envProvider)))
+	}
+	if c.AzureClientID != "" && p != ProviderAzure {
+		problems = append(problems, problem([]string{envAzureClientID, envProvider},
+			fmt.Sprintf("%s is set but %s is not azure; it is read only by the azure provider", envAzureClientID, envProvider)))
+	}
+	if c.AWSRegion != "" && p != ProviderAWSRDS {
+		problems = append(problems, problem([]string{envAWSRegion, envProvider},
+			fmt.Sprintf("%s is set but %s is not aws-rds; it is read only by the aws-rds provider", envAWSRegion, envProvider)))
+	}
+	if p == ProviderGCP && len(gcpScopes(c.GCPScopes)) == 0 {
+		problems = append(problems, problem([]string{envGCPScopes},
+			fmt.Sprintf("%s is empty; the gcp provider needs at least one OAuth scope, e.g. https://www.googleapis.com/auth/sqlservice.login", envGCPScopes)))
+	}
+	return problems
+}
+
+const (
+	envAzureClientID = "GATEKEEPER_BACKEND_TOKEN_AZURE_CLIENT_ID"
+	envAWSRegion     = "GATEKEEPER_BACKEND_TOKEN_AWS_REGION"
+	envGCPScopes     = "GATEKEEPER_BACKEND_TOKEN_GCP_SCOPES"
+)
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func problem(vars []string, msg string) error { return confcheck.Problem{Vars: vars, Msg: msg} }
+
+// error is a failure of s's own (not the minter's), worded for its provider.
+func (s *Source) error(reason string, cause error) *Error {
+	return &Error{Provider: s.provider, Reason: reason, Err: cause}
+}
+
+// printed says how the token came, for the Source's own error texts.
+func (s *Source) printed() string {
+	if s.provider != "" {
+		return "the provider returned"
+	}
+	return "the command printed"
+}
+
+// whose says whose cache may have handed back an old token.
+func (s *Source) whose() string {
+	if s.provider != "" {
+		return "provider's"
+	}
+	return "command's"
+}
+
+// Provider is the name of the provider s mints with: "command" or a
+// built-in provider's; shown by /v1/token and the metrics.
+func (s *Source) Provider() string {
+	if s.provider != "" {
+		return s.provider
+	}
+	return ProviderCommand
+}
