@@ -1,0 +1,383 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
+)
+
+// The built-in token providers end to end: the real binary in front of the
+// test cluster, each cloud SDK talking to a local stand-in of its identity
+// endpoint. The stand-in's token is the test role's password, so the login
+// through the gateway is a real one. The stand-ins hand out tokens that live
+// a few seconds, and clients keep connecting over several lifetimes.
+
+// providerTTL is the lifetime of the stand-ins' tokens; the refresh margin
+// is providerMargin, so a token is usable for 4s.
+const (
+	providerTTL    = 6 * time.Second
+	providerMargin = "2s"
+)
+
+func fakeEntraJWT(oid, upn string) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	claims, _ := json.Marshal(map[string]any{"oid": oid, "upn": upn, "tid": "tenant-e2e", "aud": "https://ossrdbms-aad.database.windows.net"})
+	return enc([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + enc(claims) + "." + enc([]byte("not-checked-by-the-test-server"))
+}
+
+// createTokenRole makes a login role whose password is tok.
+func createTokenRole(t *testing.T, c *pgtest.Cluster, role, tok string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q := fmt.Sprintf(`DROP ROLE IF EXISTS "%s"; CREATE ROLE "%s" LOGIN PASSWORD '%s'`, role, role, tok)
+	if err := c.Exec(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = c.Exec(ctx, fmt.Sprintf(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '%s'; DROP ROLE IF EXISTS "%s"`, role, role))
+	})
+}
+
+// providerEnv is the gateway's environment for a provider against c.
+func providerEnv(c *pgtest.Cluster, provider string, extra ...string) []string {
+	return append([]string{
+		"GATEKEEPER_BACKEND_HOST=localhost",
+		"GATEKEEPER_BACKEND_TLS_MODE=verify-full",
+		"GATEKEEPER_BACKEND_TLS_CA_FILE=" + c.CA.CertFile,
+		"GATEKEEPER_BACKEND_TOKEN_PROVIDER=" + provider,
+		"GATEKEEPER_BACKEND_TOKEN_REFRESH_MARGIN=" + providerMargin,
+		// Idle backends close quickly, so clients keep needing new logins.
+		"GATEKEEPER_POOL_MAX_CONN_IDLE_TIME=1s",
+		"HOME=" + c.Dir,
+		"PATH=/nonexistent", // no az, aws or gcloud to fall back on
+	}, extra...)
+}
+
+// churn connects as role through p every 150ms for d, runs a query on each
+// connection and returns the failures; every connection must be served.
+func churn(t *testing.T, p *process, role string, d time.Duration) (ok int, failures []string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for i := 0; time.Now().Before(deadline) && i < 1000; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user='%s' password=ignored dbname=%s sslmode=disable", p.port, role, pgtest.Database))
+		if err == nil {
+			var who string
+			who, err = testkit.Query(ctx, conn, "SELECT current_user")
+			if err == nil && who != role {
+				err = fmt.Errorf("logged in as %q, want %q", who, role)
+			}
+			conn.Close(ctx)
+		}
+		cancel()
+		if err != nil {
+			failures = append(failures, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
+		} else {
+			ok++
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	return ok, failures
+}
+
+// checkProviderRun runs churn over several token lifetimes and checks that
+// no client was refused, that the stand-in was asked again as tokens aged,
+// and what /v1/token says.
+func checkProviderRun(t *testing.T, p *process, provider, role, tok string, hits *atomic.Int32) {
+	t.Helper()
+	ok, failures := churn(t, p, role, 3*providerTTL+2*time.Second)
+	if len(failures) > 0 {
+		t.Errorf("%d of %d connections refused:\n%s", len(failures), ok+len(failures), strings.Join(failures, "\n"))
+	}
+	if ok < 20 {
+		t.Errorf("only %d connections made", ok)
+	}
+	// 3+ lifetimes of 6s with tokens usable for 4s: at least 4 tokens.
+	if n := hits.Load(); n < 4 {
+		t.Errorf("the identity endpoint was asked %d times over %s; tokens were not refreshed", n, 3*providerTTL)
+	}
+	status, body := p.get(t, "/v1/token")
+	var v struct {
+		Mode     string `json:"mode"`
+		Provider string `json:"provider"`
+		Tokens   []struct {
+			User     string `json:"user"`
+			Mints    int    `json:"mints"`
+			Failures int    `json:"failures"`
+		} `json:"tokens"`
+	}
+	if status != http.StatusOK || json.Unmarshal(body, &v) != nil {
+		t.Fatalf("/v1/token: %d %s", status, body)
+	}
+	if v.Mode != "token" || v.Provider != provider || len(v.Tokens) != 1 || v.Tokens[0].User != role || v.Tokens[0].Mints < 4 || v.Tokens[0].Failures != 0 {
+		t.Errorf("/v1/token: %s", body)
+	}
+	if strings.Contains(string(body), tok) {
+		t.Error("/v1/token shows the token")
+	}
+	_, metrics := p.get(t, "/metrics")
+	if !strings.Contains(string(metrics), fmt.Sprintf(`querycop_token_provider{provider=%q} 1`, provider)) {
+		t.Errorf("/metrics lacks the provider gauge")
+	}
+	if strings.Contains(p.stderr.String(), tok) {
+		t.Error("the gateway logged the token")
+	}
+}
+
+func TestProviderAzureManagedIdentity(t *testing.T) {
+	c := pgtest.Require(t)
+	role := "querycop-mi"
+	tok := fakeEntraJWT("11111111-aaaa-4bbb-8ccc-000000000001", "querycop-mi@contoso.example")
+	createTokenRole(t, c, role, tok)
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-IDENTITY-HEADER") != "e2e-header" || r.URL.Query().Get("resource") != "https://ossrdbms-aad.database.windows.net" ||
+			r.URL.Query().Get("client_id") != "mi-client-id" {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprint(w, `{"error":"invalid_request"}`)
+			return
+		}
+		hits.Add(1)
+		fmt.Fprintf(w, `{"access_token":%q,"expires_on":"%d","resource":"https://ossrdbms-aad.database.windows.net","token_type":"Bearer"}`,
+			tok, time.Now().Add(providerTTL).Unix())
+	}))
+	defer srv.Close()
+	p := startQuerycop(t, c, providerEnv(c, "azure",
+		"IDENTITY_ENDPOINT="+srv.URL, "IDENTITY_HEADER=e2e-header",
+		"GATEKEEPER_BACKEND_TOKEN_AZURE_CLIENT_ID=mi-client-id")...)
+	checkProviderRun(t, p, "azure", role, tok, &hits)
+}
+
+// TestProviderAzureWorkloadIdentity: AKS's workload identity (a federated
+// token file exchanged at Entra ID), the authority being a local TLS server
+// whose CA the gateway trusts through SSL_CERT_FILE.
+func TestProviderAzureWorkloadIdentity(t *testing.T) {
+	c := pgtest.Require(t)
+	role := "querycop-wi"
+	tok := fakeEntraJWT("11111111-aaaa-4bbb-8ccc-000000000002", "querycop-wi@contoso.example")
+	createTokenRole(t, c, role, tok)
+
+	dir := t.TempDir()
+	ca, err := pgtest.NewCA(dir, "entra")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, err := ca.Issue(dir, "entra-server", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertion := filepath.Join(dir, "azure-identity-token")
+	if err := os.WriteFile(assertion, []byte("projected-service-account-jwt"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const tenant = "00000000-tttt-4000-8000-000000000000"
+	var hits atomic.Int32
+	var base string
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/" + tenant + "/v2.0/.well-known/openid-configuration":
+			fmt.Fprintf(w, `{"token_endpoint":"%[1]s/%[2]s/oauth2/v2.0/token","authorization_endpoint":"%[1]s/%[2]s/oauth2/v2.0/authorize","issuer":"%[1]s/%[2]s/v2.0"}`, base, tenant)
+		case "/" + tenant + "/oauth2/v2.0/token":
+			_ = r.ParseForm()
+			if r.Form.Get("client_assertion") != "projected-service-account-jwt" || r.Form.Get("client_id") != "wi-client-id" ||
+				!strings.Contains(r.Form.Get("scope"), "https://ossrdbms-aad.database.windows.net/.default") {
+				w.WriteHeader(http.StatusUnauthorized)
+				fmt.Fprint(w, `{"error":"invalid_client","error_description":"AADSTS700213: no matching federated identity record"}`)
+				return
+			}
+			hits.Add(1)
+			fmt.Fprintf(w, `{"token_type":"Bearer","expires_in":%d,"ext_expires_in":%d,"access_token":%q}`, int(providerTTL.Seconds()), int(providerTTL.Seconds()), tok)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	defer srv.Close()
+	base = srv.URL
+
+	p := startQuerycop(t, c, providerEnv(c, "azure",
+		"AZURE_FEDERATED_TOKEN_FILE="+assertion, "AZURE_CLIENT_ID=wi-client-id", "AZURE_TENANT_ID="+tenant,
+		"AZURE_AUTHORITY_HOST="+srv.URL+"/", "SSL_CERT_FILE="+ca.CertFile)...)
+	checkProviderRun(t, p, "azure", role, tok, &hits)
+}
+
+// gceStandIn emulates the metadata server of Compute Engine (and of GKE's
+// workload identity), found through GCE_METADATA_HOST.
+func gceStandIn(t *testing.T, tok string, hits *atomic.Int32) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Metadata-Flavor") != "Google" {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		w.Header().Set("Metadata-Flavor", "Google")
+		switch r.URL.Path {
+		case "/computeMetadata/v1/instance/service-accounts/default/token":
+			if !strings.Contains(r.URL.Query().Get("scopes"), "https://www.googleapis.com/auth/sqlservice.login") {
+				w.WriteHeader(http.StatusBadRequest)
+				return
+			}
+			hits.Add(1)
+			fmt.Fprintf(w, `{"access_token":%q,"expires_in":%d,"token_type":"Bearer"}`, tok, int(providerTTL.Seconds()))
+		case "/computeMetadata/v1/instance/service-accounts/default/email":
+			fmt.Fprint(w, "querycop@proj-e2e.iam.gserviceaccount.com")
+		case "/computeMetadata/v1/project/project-id":
+			fmt.Fprint(w, "proj-e2e")
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestProviderGCPMetadataServer(t *testing.T) {
+	c := pgtest.Require(t)
+	// A service account's Cloud SQL / AlloyDB user name: its e-mail without
+	// .gserviceaccount.com.
+	role := "querycop@proj-e2e.iam"
+	tok := "ya29.e2e-metadata-token-for-querycop"
+	createTokenRole(t, c, role, tok)
+	var hits atomic.Int32
+	srv := gceStandIn(t, tok, &hits)
+	p := startQuerycop(t, c, providerEnv(c, "gcp", "GCE_METADATA_HOST="+strings.TrimPrefix(srv.URL, "http://"))...)
+	checkProviderRun(t, p, "gcp", role, tok, &hits)
+}
+
+// TestProviderStartupRefusals: a provider needs TLS like the command, and a
+// provider with a command is an error naming both.
+func TestProviderStartupRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"GATEKEEPER_BACKEND_TOKEN_PROVIDER=azure", "GATEKEEPER_BACKEND_TLS_MODE=prefer"},
+			"GATEKEEPER_BACKEND_TOKEN_PROVIDER=azure but GATEKEEPER_BACKEND_TLS_MODE=prefer, which can fall back to plaintext and would leak the token"},
+		{[]string{"GATEKEEPER_BACKEND_TOKEN_PROVIDER=gcp", "GATEKEEPER_BACKEND_TLS_MODE=disable"},
+			"GATEKEEPER_BACKEND_TOKEN_PROVIDER=gcp but GATEKEEPER_BACKEND_TLS_MODE=disable, which sends the token in plaintext"},
+		{[]string{"GATEKEEPER_BACKEND_TOKEN_PROVIDER=aws-rds", "GATEKEEPER_BACKEND_TLS_MODE=require", "GATEKEEPER_BACKEND_TOKEN_CMD=aws rds generate-db-auth-token"},
+			"GATEKEEPER_BACKEND_TOKEN_PROVIDER=aws-rds and GATEKEEPER_BACKEND_TOKEN_CMD are both set"},
+	} {
+		_, err := LoadConfig(append([]string{"GATEKEEPER_BACKEND_HOST=db.example.com"}, tc.env...))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want %q", tc.env, err, tc.want)
+		}
+	}
+}
+
+// TestCheckNamesProviderIdentity: `querycop check` says which provider
+// minted and whom the token stands for, never the token.
+func TestCheckNamesProviderIdentity(t *testing.T) {
+	c := pgtest.Require(t)
+	role := "querycop-check-mi"
+	tok := fakeEntraJWT("11111111-aaaa-4bbb-8ccc-000000000003", "check-mi@contoso.example")
+	createTokenRole(t, c, role, tok)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"access_token":%q,"expires_on":"%d","token_type":"Bearer"}`, tok, time.Now().Add(time.Hour).Unix())
+	}))
+	defer srv.Close()
+	// The SDKs read their own variables from the process environment.
+	t.Setenv("IDENTITY_ENDPOINT", srv.URL)
+	t.Setenv("IDENTITY_HEADER", "h")
+	env := []string{
+		"GATEKEEPER_BACKEND_HOST=localhost",
+		fmt.Sprintf("GATEKEEPER_BACKEND_PORT=%d", c.Port),
+		"GATEKEEPER_BACKEND_TLS_MODE=verify-full",
+		"GATEKEEPER_BACKEND_TLS_CA_FILE=" + c.CA.CertFile,
+		"GATEKEEPER_BACKEND_TOKEN_PROVIDER=azure",
+	}
+	var out, errb bytes.Buffer
+	code := runCheck(context.Background(), []string{"-user", role, "-database", pgtest.Database}, env, &out, &errb)
+	text := out.String() + errb.String()
+	if code != exitOK {
+		t.Fatalf("check exited %d:\n%s", code, text)
+	}
+	for _, want := range []string{
+		"token mode (GATEKEEPER_BACKEND_TOKEN_PROVIDER=azure)",
+		"ok    token   azure minted in",
+		"ok    token   identity: object ID 11111111-aaaa-4bbb-8ccc-000000000003, upn check-mi@contoso.example, tenant tenant-e2e, through managed identity",
+		fmt.Sprintf("authenticated as %q", role),
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("check output lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, tok) {
+		t.Error("check printed the token")
+	}
+}
+
+// TestCheckNamesAWSPrincipal: the aws-rds provider's identity comes from
+// STS GetCallerIdentity (here a local stand-in through AWS_ENDPOINT_URL_STS).
+// The token cannot log in to the test cluster (only RDS checks it), so the
+// auth step is left out.
+func TestCheckNamesAWSPrincipal(t *testing.T) {
+	c := pgtest.Require(t)
+	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		if r.Form.Get("Action") != "GetCallerIdentity" || !strings.Contains(r.Header.Get("Authorization"), "Credential=AKIDCHECKE2E/") {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		w.Header().Set("Content-Type", "text/xml")
+		fmt.Fprint(w, `<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><GetCallerIdentityResult>
+<Arn>arn:aws:iam::210987654321:user/querycop</Arn><UserId>AIDAQUERYCOP</UserId><Account>210987654321</Account>
+</GetCallerIdentityResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></GetCallerIdentityResponse>`)
+	}))
+	defer sts.Close()
+	dir := t.TempDir()
+	for k, v := range map[string]string{
+		"AWS_ACCESS_KEY_ID": "AKIDCHECKE2E", "AWS_SECRET_ACCESS_KEY": "check-secret-key", "AWS_SESSION_TOKEN": "",
+		"AWS_ENDPOINT_URL_STS": sts.URL, "AWS_CONFIG_FILE": filepath.Join(dir, "c"), "AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "s"),
+		"AWS_EC2_METADATA_DISABLED": "true", "AWS_PROFILE": "", "AWS_REGION": "",
+	} {
+		t.Setenv(k, v)
+	}
+	env := []string{
+		"GATEKEEPER_BACKEND_HOST=localhost",
+		fmt.Sprintf("GATEKEEPER_BACKEND_PORT=%d", c.Port),
+		"GATEKEEPER_BACKEND_TLS_MODE=verify-full",
+		"GATEKEEPER_BACKEND_TLS_CA_FILE=" + c.CA.CertFile,
+		"GATEKEEPER_BACKEND_TOKEN_PROVIDER=aws-rds",
+		"GATEKEEPER_BACKEND_TOKEN_AWS_REGION=eu-central-1",
+	}
+	var out, errb bytes.Buffer
+	code := runCheck(context.Background(), nil, env, &out, &errb)
+	text := out.String() + errb.String()
+	if code != exitOK {
+		t.Fatalf("check exited %d:\n%s", code, text)
+	}
+	for _, want := range []string{"ok    token   aws-rds minted in", "account 210987654321, principal arn:aws:iam::210987654321:user/querycop", "access key AKIDCHECKE2E", "region eu-central-1"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("check output lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "check-secret-key") || strings.Contains(text, "X-Amz-Signature") {
+		t.Errorf("check printed a secret or the token:\n%s", text)
+	}
+}
+
