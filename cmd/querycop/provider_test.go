@@ -380,4 +380,3 @@ func TestCheckNamesAWSPrincipal(t *testing.T) {
 		t.Errorf("check printed a secret or the token:\n%s", text)
 	}
 }
-
