@@ -465,12 +465,14 @@ func TestProviderThroughSource(t *testing.T) {
 		t.Errorf("Provider() = %q", s.Provider())
 	}
 
-	// A token that would be used within the margin: the Source's own text,
+	// A token too short-lived to log in with: the Source's own text,
 	// worded for a provider.
-	s2 := NewSource(Config{Reuse: true, Lifetime: time.Hour, RefreshMargin: 500 * time.Second}, m)
+	s2 := NewSource(Config{Reuse: true, Lifetime: time.Hour, RefreshMargin: 100 * time.Second}, m)
+	s2.LoginSafety = 500 * time.Second
 	defer s2.Close()
 	_, err = s2.Token(context.Background(), Target{Host: "h", Port: 1, User: "u"})
-	if err == nil || !strings.HasPrefix(err.Error(), "backend token provider failed: gcp: the provider returned a token that expires at ") {
+	if err == nil || !strings.HasPrefix(err.Error(), "backend token provider failed: gcp: the provider returned a token that expires at ") ||
+		!strings.HasSuffix(err.Error(), "or the provider's own cache") {
 		t.Errorf("error %q", err)
 	}
 }

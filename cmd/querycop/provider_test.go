@@ -28,11 +28,15 @@ import (
 // through the gateway is a real one. The stand-ins hand out tokens that live
 // a few seconds, and clients keep connecting over several lifetimes.
 
-// providerTTL is the lifetime of the stand-ins' tokens; the refresh margin
-// is providerMargin, so a token is usable for 4s.
+// providerTTL is the lifetime of the stand-ins' tokens. The gateway does not
+// log in with a token in its last connect timeout (2s here) plus 30s of
+// clock skew, so each token serves new logins for 8s, and the next is asked
+// for after 80% of that: a new token about every 6.4s.
 const (
-	providerTTL    = 6 * time.Second
-	providerMargin = "2s"
+	providerTTL     = 40 * time.Second
+	providerUsable  = 8 * time.Second
+	providerMargin  = "5s"
+	providerConnect = "2s"
 )
 
 func fakeEntraJWT(oid, upn string) string {
@@ -65,6 +69,7 @@ func providerEnv(c *pgtest.Cluster, provider string, extra ...string) []string {
 		"GATEKEEPER_BACKEND_TLS_CA_FILE=" + c.CA.CertFile,
 		"GATEKEEPER_BACKEND_TOKEN_PROVIDER=" + provider,
 		"GATEKEEPER_BACKEND_TOKEN_REFRESH_MARGIN=" + providerMargin,
+		"GATEKEEPER_BACKEND_CONNECT_TIMEOUT=" + providerConnect,
 		// Idle backends close quickly, so clients keep needing new logins.
 		"GATEKEEPER_POOL_MAX_CONN_IDLE_TIME=1s",
 		"HOME=" + c.Dir,
@@ -104,16 +109,17 @@ func churn(t *testing.T, p *process, role string, d time.Duration) (ok int, fail
 // and what /v1/token says.
 func checkProviderRun(t *testing.T, p *process, provider, role, tok string, hits *atomic.Int32) {
 	t.Helper()
-	ok, failures := churn(t, p, role, 3*providerTTL+2*time.Second)
+	d := 3*providerUsable + 2*time.Second
+	ok, failures := churn(t, p, role, d)
 	if len(failures) > 0 {
 		t.Errorf("%d of %d connections refused:\n%s", len(failures), ok+len(failures), strings.Join(failures, "\n"))
 	}
 	if ok < 20 {
 		t.Errorf("only %d connections made", ok)
 	}
-	// 3+ lifetimes of 6s with tokens usable for 4s: at least 4 tokens.
+	// Three usable windows and more: at least four tokens.
 	if n := hits.Load(); n < 4 {
-		t.Errorf("the identity endpoint was asked %d times over %s; tokens were not refreshed", n, 3*providerTTL)
+		t.Errorf("the identity endpoint was asked %d times over %s; tokens were not refreshed", n, d)
 	}
 	status, body := p.get(t, "/v1/token")
 	var v struct {
