@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # Querycop container image.
 #   docker build -t querycop .
-#   docker build --build-arg WITH_AZURE_CLI=1 -t querycop:azure .   (adds az for Entra ID tokens)
+#   docker build --build-arg WITH_AZURE_CLI=1 -t querycop:azure .   (adds az, only for
+#     GATEKEEPER_BACKEND_TOKEN_CMD; GATEKEEPER_BACKEND_TOKEN_PROVIDER=azure, aws-rds
+#     and gcp need no CLI in the image)
 #   docker build --build-arg VERSION=1.2.3 -t querycop:1.2.3 .      (default: git describe)
 # scripts/image-build-stage runs the build stage below without Docker (CI
 # does), and the Dockerfile follows hadolint's rules (ship_test.go).

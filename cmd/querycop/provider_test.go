@@ -386,3 +386,24 @@ func TestCheckNamesAWSPrincipal(t *testing.T) {
 		t.Errorf("check printed a secret or the token:\n%s", text)
 	}
 }
+
+// TestWorkloadIdentityManifests: one manifest per cloud, each running the
+// default image with the built-in provider and the cloud's service account
+// binding, and no token command (which would need a CLI).
+func TestWorkloadIdentityManifests(t *testing.T) {
+	for file, want := range map[string][]string{
+		"deploy/kubernetes/workload-identity-azure.yaml": {"azure.workload.identity/client-id:", `azure.workload.identity/use: "true"`, "value: azure\n", "serviceAccountName: querycop-azure"},
+		"deploy/kubernetes/workload-identity-aws.yaml":   {"eks.amazonaws.com/role-arn:", "value: aws-rds\n", "GATEKEEPER_BACKEND_TOKEN_AWS_REGION", "serviceAccountName: querycop-aws"},
+		"deploy/kubernetes/workload-identity-gcp.yaml":   {"iam.gke.io/gcp-service-account:", "value: gcp\n", "serviceAccountName: querycop-gcp"},
+	} {
+		doc := rdRead(t, file)
+		for _, w := range append(want, "name: GATEKEEPER_BACKEND_TOKEN_PROVIDER\n", "readOnlyRootFilesystem: true") {
+			if !strings.Contains(doc, w) {
+				t.Errorf("%s lacks %q", file, w)
+			}
+		}
+		if strings.Contains(doc, "GATEKEEPER_BACKEND_TOKEN_CMD") || strings.Contains(doc, "WITH_AZURE_CLI") {
+			t.Errorf("%s uses the token command; the point is the provider without a CLI", file)
+		}
+	}
+}
