@@ -81,6 +81,9 @@ func (p *awsRDSProvider) MintTimed(ctx context.Context, t Target) (string, time.
 // (GetCallerIdentity, which needs no permission); when STS cannot be
 // reached it falls back to the access key ID alone, which is not secret.
 func (p *awsRDSProvider) Identity(ctx context.Context, _ string) (string, error) {
+	if p.cfg.Credentials == nil {
+		return "", errors.New("no AWS credentials found")
+	}
 	creds, err := p.cfg.Credentials.Retrieve(ctx)
 	if err != nil {
 		return "", err
