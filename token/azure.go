@@ -138,12 +138,13 @@ func (p *azureProvider) MintTimed(ctx context.Context, _ Target) (string, time.T
 		}
 		return tok.Token, tok.ExpiresOn, nil
 	}
+	cause := func(name string, err error) string { return name + ": " + sdkCause(err) }
 
 	var errs []string
 	for i := range p.chain {
 		s := &p.chain[i]
 		if s.err != nil {
-			errs = append(errs, fmt.Sprintf("%s: %v", s.name, s.err))
+			errs = append(errs, cause(s.name, s.err))
 			continue
 		}
 		if s.probe && !imdsAnswers(ctx) {
@@ -155,7 +156,7 @@ func (p *azureProvider) MintTimed(ctx context.Context, _ Target) (string, time.T
 			if ctx.Err() != nil {
 				return "", time.Time{}, providerError(ProviderAzure, fmt.Errorf("%s: %w", s.name, err))
 			}
-			errs = append(errs, fmt.Sprintf("%s: %v", s.name, err))
+			errs = append(errs, cause(s.name, err))
 			continue
 		}
 		p.mu.Lock()
@@ -163,7 +164,7 @@ func (p *azureProvider) MintTimed(ctx context.Context, _ Target) (string, time.T
 		p.mu.Unlock()
 		return tok.Token, tok.ExpiresOn, nil
 	}
-	return "", time.Time{}, providerError(ProviderAzure, errors.New("no credential gave a token: "+strings.Join(errs, "; ")))
+	return "", time.Time{}, &Error{Provider: ProviderAzure, Reason: oneLine("no credential gave a token: "+strings.Join(errs, "; "), maxCause)}
 }
 
 func imdsAnswers(ctx context.Context) bool {

@@ -109,10 +109,16 @@ func providerError(provider string, err error) *Error {
 		}
 		return te
 	}
-	return &Error{Provider: provider, Reason: oneLine(err.Error(), maxCause), Err: err}
+	return &Error{Provider: provider, Reason: sdkCause(err), Err: err}
 }
 
-// maxCause bounds the cause shown for a provider's failure.
+// sdkCause is an SDK's error as one bounded line, masked like the command's
+// output (mask.go): an SDK that quotes a response body could otherwise
+// echo a credential.
+func sdkCause(err error) string { return oneLine(safeLine(err.Error(), ""), maxReason+len("…")) }
+
+// maxCause bounds the cause shown for the Azure chain, which says what
+// each of its sources answered.
 const maxCause = 700
 
 // oneLine folds runs of white space (newlines, tabs) to one space and cuts

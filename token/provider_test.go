@@ -488,8 +488,14 @@ func TestErrorTexts(t *testing.T) {
 		t.Errorf("provider: %q", got)
 	}
 	long := providerError("azure", errors.New(strings.Repeat("é", 2000))).Error()
-	if len(long) > len("backend token provider failed: azure: ")+maxCause+len("…") || !strings.HasSuffix(long, "…") {
+	if len(long) > len("backend token provider failed: azure: ")+maxReason+len("…") || !strings.HasSuffix(long, "…") {
 		t.Errorf("cause not bounded: %d bytes", len(long))
+	}
+	// An SDK error that quotes a response body with a token in it.
+	jwt := fakeJWT(map[string]any{"oid": "x"})
+	leaky := providerError("gcp", fmt.Errorf(`oauth2: cannot fetch token: 400 Bad Request Response: {"access_token":%q,"refresh":"1//0gAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdef"}`, jwt)).Error()
+	if strings.Contains(leaky, jwt[:20]) || strings.Contains(leaky, "1//0gAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdef") || !strings.Contains(leaky, "400 Bad Request") {
+		t.Errorf("provider error not masked: %q", leaky)
 	}
 }
 
