@@ -103,7 +103,8 @@ func FuzzTransactionMessages(f *testing.F) {
 				t.Fatalf("Bind does not round-trip: %q", body)
 			}
 		}
-		_ = analyzeQuery(string(body), true)
+		var sc sqlScanner
+		_ = analyzeQuery(&sc, string(body), true)
 	})
 }
 
@@ -133,13 +134,19 @@ func FuzzSQLScan(f *testing.F) {
 				}
 				last = tk.end
 			}
-			again := splitStatements(st.text(q))
+			again := splitStatements(st.text())
 			if len(again) != 1 || len(again[0].tokens) != len(st.tokens) {
-				t.Fatalf("statement %q of %q lexes differently on its own: %d statements", st.text(q), q, len(again))
+				t.Fatalf("statement %q of %q lexes differently on its own: %d statements", st.text(), q, len(again))
+			}
+			for i, tk := range st.tokens {
+				if tk.kind == tokString || tk.kind == tokIdent {
+					_ = st.contents(i)
+				}
 			}
 		}
-		_ = analyzeQuery(q, true)
-		_ = analyzeQuery(q, false)
+		var sc sqlScanner
+		_ = analyzeQuery(&sc, q, true)
+		_ = analyzeQuery(&sc, q, false)
 	})
 }
 

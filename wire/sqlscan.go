@@ -18,8 +18,7 @@ import "strings"
 // sqlToken is one lexical element of a statement.
 type sqlToken struct {
 	kind       tokenKind
-	start, end int    // byte offsets in the query
-	word       string // tokWord: lower-cased; tokIdent: as quoted; tokString: contents
+	start, end int // byte offsets in the query
 }
 
 type tokenKind uint8
@@ -34,29 +33,102 @@ const (
 // sqlStatement is one statement of a query string: its tokens, and the
 // span from its first token to its last (comments around it excluded).
 type sqlStatement struct {
+	q          string
 	tokens     []sqlToken
 	start, end int
 }
 
 // text is the statement as the client wrote it, without the comments
 // before and after it, so it can be joined with others safely.
-func (s sqlStatement) text(q string) string { return q[s.start:s.end] }
+func (s sqlStatement) text() string { return s.q[s.start:s.end] }
+
+// raw is token i as written.
+func (s sqlStatement) raw(i int) string { return s.q[s.tokens[i].start:s.tokens[i].end] }
 
 // isWord reports whether token i is the keyword w (lower case).
 func (s sqlStatement) isWord(i int, w string) bool {
-	return i < len(s.tokens) && s.tokens[i].kind == tokWord && s.tokens[i].word == w
+	return i >= 0 && i < len(s.tokens) && s.tokens[i].kind == tokWord && equalFoldASCII(s.raw(i), w)
+}
+
+// isPunct reports whether token i is the single character c.
+func (s sqlStatement) isPunct(i int, c byte) bool {
+	return i < len(s.tokens) && s.tokens[i].kind == tokOther && s.tokens[i].end-s.tokens[i].start == 1 && s.q[s.tokens[i].start] == c
+}
+
+// word is token i folded as PostgreSQL folds an unquoted identifier (ASCII
+// only), or a quoted identifier's name; a new string, safe to keep.
+func (s sqlStatement) word(i int) string {
+	t := s.tokens[i]
+	if t.kind == tokIdent {
+		return s.contents(i)
+	}
+	return strings.ToLower(strings.Clone(s.raw(i)))
+}
+
+// contents is the value of a string constant or quoted identifier token.
+func (s sqlStatement) contents(i int) string {
+	t := s.tokens[i]
+	lit := s.q[t.start:t.end]
+	backslash := false
+	switch {
+	case strings.HasPrefix(lit, "$"):
+		tag := lit[:strings.IndexByte(lit[1:], '$')+2]
+		body := strings.TrimPrefix(lit, tag)
+		return strings.TrimSuffix(body, tag)
+	case lit[0] == 'e' || lit[0] == 'E':
+		backslash, lit = true, lit[1:]
+	case lit[0] == 'u' || lit[0] == 'U':
+		lit = lit[2:]
+	case lit[0] != '\'' && lit[0] != '"':
+		lit = lit[1:] // B'', X'', N''
+	}
+	quote := lit[0]
+	var b strings.Builder
+	for j := 1; j < len(lit); j++ {
+		c := lit[j]
+		switch {
+		case backslash && c == '\\' && j+1 < len(lit):
+			j++
+			b.WriteByte(lit[j])
+			continue
+		case c == quote:
+			if j+1 < len(lit) && lit[j+1] == quote {
+				j++
+				b.WriteByte(quote)
+				continue
+			}
+			return b.String()
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// sqlScanner splits query strings into statements, reusing its buffers so
+// that the common query costs no allocation.
+type sqlScanner struct {
+	toks  []sqlToken
+	stmts []sqlStatement
+	spans [][2]int // token index ranges of the statements
 }
 
 // splitStatements lexes q into statements. Empty statements are dropped.
 func splitStatements(q string) []sqlStatement {
-	var stmts []sqlStatement
-	var cur []sqlToken
+	var sc sqlScanner
+	return sc.split(q)
+}
+
+// split lexes q into statements, valid until the next call.
+func (sc *sqlScanner) split(q string) []sqlStatement {
+	sc.toks, sc.stmts, sc.spans = sc.toks[:0], sc.stmts[:0], sc.spans[:0]
+	first := 0
 	flush := func() {
-		if len(cur) > 0 {
-			stmts = append(stmts, sqlStatement{tokens: cur, start: cur[0].start, end: cur[len(cur)-1].end})
-			cur = nil
+		if len(sc.toks) > first {
+			sc.spans = append(sc.spans, [2]int{first, len(sc.toks)})
+			first = len(sc.toks)
 		}
 	}
+	add := func(kind tokenKind, start, end int) { sc.toks = append(sc.toks, sqlToken{kind, start, end}) }
 	i := 0
 	for i < len(q) {
 		c := q[i]
@@ -73,43 +145,42 @@ func splitStatements(q string) []sqlStatement {
 			flush()
 			i++
 		case c == '\'':
-			end, body := scanQuoted(q, i, '\'', false)
-			cur = append(cur, sqlToken{kind: tokString, start: i, end: end, word: body})
+			end := scanQuoted(q, i, '\'', false)
+			add(tokString, i, end)
 			i = end
 		case (c == 'e' || c == 'E') && i+1 < len(q) && q[i+1] == '\'':
-			end, body := scanQuoted(q, i+1, '\'', true)
-			cur = append(cur, sqlToken{kind: tokString, start: i, end: end, word: body})
+			end := scanQuoted(q, i+1, '\'', true)
+			add(tokString, i, end)
 			i = end
 		case (c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') && i+1 < len(q) && q[i+1] == '\'':
-			end, body := scanQuoted(q, i+1, '\'', false)
-			cur = append(cur, sqlToken{kind: tokString, start: i, end: end, word: body})
+			end := scanQuoted(q, i+1, '\'', false)
+			add(tokString, i, end)
 			i = end
 		case (c == 'u' || c == 'U') && i+2 < len(q) && q[i+1] == '&' && (q[i+2] == '\'' || q[i+2] == '"'):
-			quote := q[i+2]
-			end, body := scanQuoted(q, i+2, quote, false)
 			kind := tokString
-			if quote == '"' {
+			if q[i+2] == '"' {
 				kind = tokIdent
 			}
-			cur = append(cur, sqlToken{kind: kind, start: i, end: end, word: body})
+			end := scanQuoted(q, i+2, q[i+2], false)
+			add(kind, i, end)
 			i = end
 		case c == '"':
-			end, body := scanQuoted(q, i, '"', false)
-			cur = append(cur, sqlToken{kind: tokIdent, start: i, end: end, word: body})
+			end := scanQuoted(q, i, '"', false)
+			add(tokIdent, i, end)
 			i = end
 		case c == '$' && i+1 < len(q) && isDigit(q[i+1]):
 			j := i + 1
 			for j < len(q) && isDigit(q[j]) {
 				j++
 			}
-			cur = append(cur, sqlToken{kind: tokOther, start: i, end: j})
+			add(tokOther, i, j)
 			i = j
 		case c == '$':
-			if end, body, ok := scanDollar(q, i); ok {
-				cur = append(cur, sqlToken{kind: tokString, start: i, end: end, word: body})
+			if end, ok := scanDollar(q, i); ok {
+				add(tokString, i, end)
 				i = end
 			} else {
-				cur = append(cur, sqlToken{kind: tokOther, start: i, end: i + 1})
+				add(tokOther, i, i+1)
 				i++
 			}
 		case isIdentStart(c):
@@ -117,15 +188,19 @@ func splitStatements(q string) []sqlStatement {
 			for j < len(q) && isIdentCont(q[j]) {
 				j++
 			}
-			cur = append(cur, sqlToken{kind: tokWord, start: i, end: j, word: lowerASCII(q[i:j])})
+			add(tokWord, i, j)
 			i = j
 		default:
-			cur = append(cur, sqlToken{kind: tokOther, start: i, end: i + 1, word: q[i : i+1]})
+			add(tokOther, i, i+1)
 			i++
 		}
 	}
 	flush()
-	return stmts
+	for _, sp := range sc.spans {
+		toks := sc.toks[sp[0]:sp[1]:sp[1]]
+		sc.stmts = append(sc.stmts, sqlStatement{q: q, tokens: toks, start: toks[0].start, end: toks[len(toks)-1].end})
+	}
+	return sc.stmts
 }
 
 // skipBlockComment returns the offset after the comment starting at i.
@@ -153,50 +228,60 @@ func skipBlockComment(q string, i int) int {
 // scanQuoted reads a quoted string or identifier starting at the quote
 // q[i]: a doubled quote is a quote, and in E” strings a backslash
 // escapes the next byte. It returns the offset after the closing quote
-// (the end of q when unterminated) and the contents.
-func scanQuoted(q string, i int, quote byte, backslash bool) (int, string) {
-	var b []byte
-	j := i + 1
-	for j < len(q) {
+// (the end of q when unterminated).
+func scanQuoted(q string, i int, quote byte, backslash bool) int {
+	for j := i + 1; j < len(q); j++ {
 		c := q[j]
 		switch {
-		case backslash && c == '\\' && j+1 < len(q):
-			b = append(b, q[j+1])
-			j += 2
-			continue
+		case backslash && c == '\\':
+			j++
 		case c == quote:
 			if j+1 < len(q) && q[j+1] == quote {
-				b = append(b, quote)
-				j += 2
+				j++
 				continue
 			}
-			return j + 1, string(b)
+			return j + 1
 		}
-		b = append(b, c)
-		j++
 	}
-	return len(q), string(b)
+	return len(q)
 }
 
 // scanDollar reads a dollar-quoted string $tag$...$tag$ starting at i.
-func scanDollar(q string, i int) (end int, body string, ok bool) {
+func scanDollar(q string, i int) (end int, ok bool) {
 	j := i + 1
 	for j < len(q) && q[j] != '$' {
 		if !isIdentCont(q[j]) || (j == i+1 && isDigit(q[j])) {
-			return 0, "", false
+			return 0, false
 		}
 		j++
 	}
 	if j >= len(q) {
-		return 0, "", false
+		return 0, false
 	}
 	tag := q[i : j+1]
-	rest := q[j+1:]
-	k := strings.Index(rest, tag)
+	k := strings.Index(q[j+1:], tag)
 	if k < 0 {
-		return len(q), rest, true
+		return len(q), true
 	}
-	return j + 1 + k + len(tag), rest[:k], true
+	return j + 1 + k + len(tag), true
+}
+
+// equalFoldASCII compares s with the lower-case ASCII word w, ignoring the
+// case of s's ASCII letters, as PostgreSQL folds keywords.
+func equalFoldASCII(s, w string) bool {
+	if len(s) != len(w) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != w[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func isSpace(c byte) bool {

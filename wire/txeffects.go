@@ -102,32 +102,34 @@ type deallocRef struct {
 	start, end int
 }
 
-// advisoryLockFuncs are the session-level advisory lock functions; the
-// _xact_ variants end with the transaction and need nothing.
-var advisoryLockFuncs = map[string]bool{
-	"pg_advisory_lock": true, "pg_advisory_lock_shared": true,
-	"pg_try_advisory_lock": true, "pg_try_advisory_lock_shared": true,
+// isAdvisoryLock reports whether token i names a session-level advisory
+// lock function; the _xact_ variants end with the transaction.
+func isAdvisoryLock(st sqlStatement, i int) bool {
+	return st.isWord(i, "pg_advisory_lock") || st.isWord(i, "pg_advisory_lock_shared") ||
+		st.isWord(i, "pg_try_advisory_lock") || st.isWord(i, "pg_try_advisory_lock_shared")
 }
 
-// analyzeQuery classifies a query string. single reports whether a
-// tracked SET may be carried (a simple Query of one statement); through
-// the extended protocol, or among other statements, a SET pins.
-func analyzeQuery(q string, simple bool) queryEffects {
-	var fx queryEffects
-	stmts := splitStatements(q)
-	pin := func(r pinReason) {
-		if fx.pin == "" {
-			fx.pin = r
-		}
+// pinFor records the first reason found.
+func (fx *queryEffects) pinFor(r pinReason) {
+	if fx.pin == "" {
+		fx.pin = r
 	}
+}
+
+// analyzeQuery classifies a query string with sc's buffers. simple: a
+// simple Query, where a SET that is its only statement can be carried;
+// through the extended protocol, or among other statements, a SET pins.
+func analyzeQuery(sc *sqlScanner, q string, simple bool) queryEffects {
+	var fx queryEffects
+	stmts := sc.split(q)
 	for _, st := range stmts {
 		fx.end = txEndNone
-		analyzeStatement(q, st, simple && len(stmts) == 1, &fx, pin)
+		analyzeStatement(st, simple && len(stmts) == 1, &fx)
 	}
 	return fx
 }
 
-func analyzeStatement(q string, st sqlStatement, single bool, fx *queryEffects, pin func(pinReason)) {
+func analyzeStatement(st sqlStatement, single bool, fx *queryEffects) {
 	toks := st.tokens
 	// Words anywhere in the statement that change the session whatever
 	// the statement is: function calls and temp schemas.
@@ -135,33 +137,43 @@ func analyzeStatement(q string, st sqlStatement, single bool, fx *queryEffects, 
 		if t.kind != tokWord {
 			continue
 		}
-		call := i+1 < len(toks) && toks[i+1].kind == tokOther && toks[i+1].word == "("
+		call := st.isPunct(i+1, '(')
 		switch {
-		case t.word == "set_config" && call:
-			pin(pinSetConfig)
-		case advisoryLockFuncs[t.word] && call:
-			pin(pinAdvisoryLock)
-		case t.word == "pg_temp":
-			pin(pinTemp)
-		case t.word == "into" && (st.isWord(i+1, "temp") || st.isWord(i+1, "temporary")):
-			pin(pinTemp)
+		case call && st.isWord(i, "set_config"):
+			fx.pinFor(pinSetConfig)
+		case call && isAdvisoryLock(st, i):
+			fx.pinFor(pinAdvisoryLock)
+		case st.isWord(i, "pg_temp"):
+			fx.pinFor(pinTemp)
+		case st.isWord(i, "into") && (st.isWord(i+1, "temp") || st.isWord(i+1, "temporary")):
+			fx.pinFor(pinTemp)
 		}
 	}
 	if len(toks) == 0 || toks[0].kind != tokWord {
 		return
 	}
-	switch toks[0].word {
+	var first [16]byte
+	n := copy(first[:], st.raw(0))
+	for j := 0; j < n; j++ {
+		if 'A' <= first[j] && first[j] <= 'Z' {
+			first[j] += 'a' - 'A'
+		}
+	}
+	if len(st.raw(0)) > len(first) {
+		return // no keyword of interest is that long
+	}
+	switch string(first[:n]) {
 	case "set":
-		analyzeSet(q, st, single, fx, pin)
+		analyzeSet(st, single, fx)
 	case "reset":
-		analyzeReset(q, st, single, fx, pin)
+		analyzeReset(st, single, fx)
 	case "discard":
 		if st.isWord(1, "all") {
 			fx.deallocAll = true
 			if single {
-				fx.set = &setCommand{discardAll: true, statement: st.text(q)}
+				fx.set = &setCommand{discardAll: true, statement: strings.Clone(st.text())}
 			} else {
-				pin(pinDiscard)
+				fx.pinFor(pinDiscard)
 			}
 		}
 	case "deallocate":
@@ -173,44 +185,42 @@ func analyzeStatement(q string, st sqlStatement, single bool, fx *queryEffects, 
 		case st.isWord(i, "all") && i+1 == len(toks):
 			fx.deallocAll = true
 		case i < len(toks) && (toks[i].kind == tokWord || toks[i].kind == tokIdent):
-			fx.deallocs = append(fx.deallocs, deallocRef{name: toks[i].word, start: toks[i].start, end: toks[i].end})
+			fx.deallocs = append(fx.deallocs, deallocRef{name: st.word(i), start: toks[i].start, end: toks[i].end})
 		}
 	case "prepare":
 		if st.isWord(1, "transaction") {
 			fx.prepareTx = true
 		} else {
-			pin(pinPrepare)
+			fx.pinFor(pinPrepare)
 		}
 	case "declare":
 		for i := range toks {
 			if st.isWord(i, "with") && st.isWord(i+1, "hold") {
-				pin(pinCursorWithHold)
+				fx.pinFor(pinCursorWithHold)
 			}
 		}
 	case "listen":
-		pin(pinListen)
+		fx.pinFor(pinListen)
 	case "load":
-		pin(pinLoad)
+		fx.pinFor(pinLoad)
 	case "create":
 		for i := 1; i < len(toks) && toks[i].kind == tokWord; i++ {
-			if w := toks[i].word; w == "temp" || w == "temporary" {
-				pin(pinTemp)
+			if st.isWord(i, "temp") || st.isWord(i, "temporary") {
+				fx.pinFor(pinTemp)
 				break
 			}
-			if w := toks[i].word; w != "global" && w != "local" && w != "or" && w != "replace" && w != "unlogged" {
+			if !st.isWord(i, "global") && !st.isWord(i, "local") && !st.isWord(i, "or") && !st.isWord(i, "replace") && !st.isWord(i, "unlogged") {
 				break
 			}
 		}
 	case "do":
 		if doBodyMayChangeSession(st) {
-			pin(pinDoBlock)
+			fx.pinFor(pinDoBlock)
 		}
 	case "commit", "end":
 		fx.end = txEndCommit
-		for i := range toks {
-			if st.isWord(i, "chain") && !st.isWord(i-1, "no") {
-				fx.savepoint = true
-			}
+		if andChain(st) {
+			fx.savepoint = true
 		}
 	case "rollback", "abort":
 		if st.isWord(1, "to") {
@@ -218,14 +228,23 @@ func analyzeStatement(q string, st sqlStatement, single bool, fx *queryEffects, 
 			return
 		}
 		fx.end = txEndRollback
-		for i := range toks {
-			if st.isWord(i, "chain") && !st.isWord(i-1, "no") {
-				fx.savepoint = true
-			}
+		if andChain(st) {
+			fx.savepoint = true
 		}
 	case "savepoint", "release":
 		fx.savepoint = true
 	}
+}
+
+// andChain reports COMMIT AND CHAIN or ROLLBACK AND CHAIN: the block goes
+// on, which the gateway's tracking of SET in blocks does not follow.
+func andChain(st sqlStatement) bool {
+	for i := range st.tokens {
+		if st.isWord(i, "chain") && !st.isWord(i-1, "no") {
+			return true
+		}
+	}
+	return false
 }
 
 // sessionWords are words that, inside a DO block's body, may change the
@@ -236,11 +255,11 @@ var sessionWords = []string{"listen", "set", "reset", "set_config", "temp", "tem
 	"advisory_lock", "prepare", "load", "session", "role", "hold"}
 
 func doBodyMayChangeSession(st sqlStatement) bool {
-	for _, t := range st.tokens[1:] {
+	for i, t := range st.tokens {
 		if t.kind != tokString {
 			continue
 		}
-		body := lowerASCII(t.word)
+		body := lowerASCII(st.contents(i))
 		for _, w := range sessionWords {
 			if containsWord(body, w) {
 				return true
@@ -274,7 +293,7 @@ func containsWord(s, w string) bool {
 // SET [SESSION] TIME ZONE value, with name a plain identifier, as the only
 // statement of a simple Query. SET LOCAL, SET TRANSACTION and SET
 // CONSTRAINTS end with the transaction. Everything else pins.
-func analyzeSet(q string, st sqlStatement, single bool, fx *queryEffects, pin func(pinReason)) {
+func analyzeSet(st sqlStatement, single bool, fx *queryEffects) {
 	toks := st.tokens
 	i := 1
 	if st.isWord(i, "local") || st.isWord(i, "transaction") || st.isWord(i, "constraints") {
@@ -283,64 +302,62 @@ func analyzeSet(q string, st sqlStatement, single bool, fx *queryEffects, pin fu
 	if st.isWord(i, "session") {
 		i++
 		if st.isWord(i, "characteristics") || st.isWord(i, "authorization") {
-			pin(pinSet)
+			fx.pinFor(pinSet)
 			return
 		}
 	}
 	if i >= len(toks) || toks[i].kind != tokWord {
-		pin(pinSet) // a quoted name, or nothing
+		fx.pinFor(pinSet) // a quoted name, or nothing
 		return
 	}
-	name := toks[i].word
+	for _, w := range []string{"role", "names", "schema", "xml", "session", "authorization", "local", "transaction", "characteristics"} {
+		if st.isWord(i, w) {
+			fx.pinFor(pinSet)
+			return
+		}
+	}
 	next := i + 1
-	switch name {
-	case "role", "names", "schema", "xml", "session", "authorization", "local", "transaction", "characteristics":
-		pin(pinSet)
-		return
-	case "time":
+	name := ""
+	if st.isWord(i, "time") {
 		if !st.isWord(next, "zone") {
-			pin(pinSet)
+			fx.pinFor(pinSet)
 			return
 		}
 		name, next = "timezone", next+1
-	default:
+	} else {
+		name = st.word(i)
 		// A qualified placeholder name: myapp.setting.
-		for next+1 < len(toks) && toks[next].kind == tokOther && toks[next].word == "." && toks[next+1].kind == tokWord {
-			name += "." + toks[next+1].word
+		for st.isPunct(next, '.') && next+1 < len(toks) && toks[next+1].kind == tokWord {
+			name += "." + st.word(next+1)
 			next += 2
 		}
-		if next >= len(toks) || !(st.isWord(next, "to") || (toks[next].kind == tokOther && toks[next].word == "=")) {
-			pin(pinSet)
+		if !st.isWord(next, "to") && !st.isPunct(next, '=') {
+			fx.pinFor(pinSet)
 			return
 		}
 	}
-	if next+1 > len(toks) || !single {
-		pin(pinSet)
+	if !single {
+		fx.pinFor(pinSet)
 		return
 	}
-	fx.set = &setCommand{name: name, statement: st.text(q)}
+	fx.set = &setCommand{name: name, statement: strings.Clone(st.text())}
 }
 
 // analyzeReset handles RESET name, RESET TIME ZONE and RESET ALL.
-func analyzeReset(q string, st sqlStatement, single bool, fx *queryEffects, pin func(pinReason)) {
+func analyzeReset(st sqlStatement, single bool, fx *queryEffects) {
 	toks := st.tokens
 	if !single {
-		pin(pinSet)
+		fx.pinFor(pinSet)
 		return
 	}
 	switch {
 	case len(toks) == 2 && st.isWord(1, "all"):
-		fx.set = &setCommand{resetAll: true, statement: st.text(q)}
+		fx.set = &setCommand{resetAll: true, statement: strings.Clone(st.text())}
 	case len(toks) == 3 && st.isWord(1, "time") && st.isWord(2, "zone"):
-		fx.set = &setCommand{name: "timezone", reset: true, statement: st.text(q)}
-	case len(toks) == 2 && toks[1].kind == tokWord:
-		switch toks[1].word {
-		case "role", "session", "authorization":
-			pin(pinSet)
-		default:
-			fx.set = &setCommand{name: toks[1].word, reset: true, statement: st.text(q)}
-		}
+		fx.set = &setCommand{name: "timezone", reset: true, statement: strings.Clone(st.text())}
+	case len(toks) == 2 && toks[1].kind == tokWord && !st.isWord(1, "role") && !st.isWord(1, "session") && !st.isWord(1, "authorization"):
+		fx.set = &setCommand{name: st.word(1), reset: true, statement: strings.Clone(st.text())}
 	default:
-		pin(pinSet) // quoted or qualified names, RESET SESSION AUTHORIZATION
+		fx.pinFor(pinSet) // quoted or qualified names, RESET ROLE, RESET SESSION AUTHORIZATION
 	}
 }

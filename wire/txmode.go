@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -208,6 +209,16 @@ type txSession struct {
 	// pinned is why the client keeps its backend until it leaves; "" when
 	// it does not.
 	pinned pinReason
+	scan   sqlScanner // the client side's, reused for every statement
+}
+
+// bytesView reads b as a string without copying it. The string must not
+// outlive b's contents: what the analysis keeps is cloned.
+func bytesView(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
 }
 
 // first and firstErr are the client's first read, made in afterStartup's
@@ -427,7 +438,7 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 			out = appendRaw(out, typ, body)
 			break
 		}
-		fx := analyzeQuery(string(query), false)
+		fx := analyzeQuery(&tx.scan, bytesView(query), false)
 		if fx.set != nil && fx.pin == "" {
 			// SET through the extended protocol: not replayed.
 			fx.pin = pinSet
@@ -529,7 +540,7 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 		out = appendRaw(out, typ, body)
 	case 'Q':
 		query, _ := cBytes(body)
-		fx := analyzeQuery(string(query), true)
+		fx := analyzeQuery(&tx.scan, bytesView(query), true)
 		if set := fx.set; set != nil && fx.pin == "" && tx.pinned == "" {
 			set.seq = seq
 			att.pendingSets = append(att.pendingSets, set)
