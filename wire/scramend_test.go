@@ -187,6 +187,40 @@ func TestSCRAMEndToEndAuthFile(t *testing.T) {
 	if strings.Contains(g.log.String(), "wrong") {
 		t.Error("a password attempt reached the log")
 	}
+
+	t.Run("transaction mode", func(t *testing.T) {
+		// Backends are opened as transactions need them, long after the
+		// client's login: each with the keys the pool keeps. Two clients
+		// in turn, their transactions on backends the pool dialled itself.
+		g := startGateway(t, backendConfig(c, backend.TLSVerifyFull), gatewayCert(t, c), func(w *wire.Config) {
+			w.ClientAuthFile, w.PoolMode = file, wire.TransactionMode
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var conns []*pgx.Conn
+		for range 2 {
+			conn, err := pgx.Connect(ctx, g.connString(c, user, e2ePass, "sslmode=verify-full channel_binding=require"))
+			if err != nil {
+				t.Fatalf("pgx in transaction mode: %v", err)
+			}
+			defer conn.Close(ctx)
+			conns = append(conns, conn)
+		}
+		tx, err := conns[0].Begin(ctx) // holds one backend
+		if err != nil {
+			t.Fatal(err)
+		}
+		var who string
+		if err := conns[1].QueryRow(ctx, "select current_user").Scan(&who); err != nil || who != user {
+			t.Errorf("second client, on a second backend: current_user = %q, %v", who, err)
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(g.log.String(), `"message":"backend connection opened"`); n < 2 {
+			t.Errorf("%d backend connections opened, want 2: the second client did not need one of its own", n)
+		}
+	})
 }
 
 func TestSCRAMEndToEndAuthQuery(t *testing.T) {
