@@ -28,6 +28,7 @@ var rdCookbooks = []string{
 	"docs/cookbook/azure-flexible-server.md",
 	"docs/cookbook/aws-rds-iam.md",
 	"docs/cookbook/google-cloud-sql-iam.md",
+	"docs/cookbook/alloydb-iam.md",
 	"docs/cookbook/self-hosted.md",
 }
 
