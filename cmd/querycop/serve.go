@@ -98,6 +98,9 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			} else if cfg.Wire.ClientAuthFile != "" {
 				log.Info().Msg("SIGHUP: GATEKEEPER_CLIENT_AUTH_FILE reloaded")
 			}
+			if cfg.Wire.AuthUser != "" {
+				log.Info().Msg("SIGHUP: the auth query's cached answers dropped")
+			}
 		}
 	}()
 
