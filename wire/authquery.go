@@ -83,15 +83,16 @@ type authQuery struct {
 	// connSem (capacity 1) lets one query at a time use conn; a channel
 	// rather than a mutex, so a login queued behind others gives up at its
 	// deadline instead of waiting without bound.
-	connSem  chan struct{}
-	conn     *backend.Conn
-	connAt   time.Time
-	lastUse  time.Time
-	idle     *time.Timer
-	closed   bool
+	connSem chan struct{}
+	conn    *backend.Conn // guarded by connSem, as are the fields below
+	connAt  time.Time
+	lastUse time.Time
+	idle    *time.Timer
+	closed  bool
+
 	mu       sync.Mutex
-	entries  map[string]*authQueryEntry
-	lastWarn time.Time // guarded by mu
+	entries  map[string]*authQueryEntry // guarded by mu
+	lastWarn time.Time                  // guarded by mu
 }
 
 func newAuthQuery(cfg Config, d BackendDialer, password func() string, log zerolog.Logger) *authQuery {
