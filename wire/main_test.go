@@ -80,7 +80,7 @@ func startGateway(t *testing.T, bcfg backend.Config, adjust ...func(*wire.Config
 	return startPooledGateway(t, bcfg, testPoolConfig(), adjust...)
 }
 
-func startPooledGateway(t *testing.T, bcfg backend.Config, pcfg pool.Config, adjust ...func(*wire.Config)) *gateway {
+func startPooledGateway(t testing.TB, bcfg backend.Config, pcfg pool.Config, adjust ...func(*wire.Config)) *gateway {
 	t.Helper()
 	var tokens backend.TokenSource
 	if bcfg.Token.Cmd != "" {

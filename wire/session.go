@@ -59,6 +59,10 @@ type session struct {
 	midBatch   bool // session mode: extended protocol before its Sync (gateMu)
 	txBusy     bool // transaction mode: a backend is attached or being attached (gateMu)
 
+	// A request waiting for a backend (see cancelwait.go), under gateMu.
+	waitCancel context.CancelFunc // ends the wait; nil when not waiting
+	cancelReq  bool               // a CancelRequest came during the wait
+
 	overLimit bool // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
 
 	// For the idle timeouts: the last ReadyForQuery status of the attached
@@ -232,10 +236,42 @@ func (ss *session) firstReadFailed(err error) string {
 
 // attach takes a backend for the session and relays until it ends.
 func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte) string {
-	lease, err := pl.Acquire(ss.srv.ctx)
+	for {
+		reason, cancelled := ss.attachOnce(pl, settings, first)
+		if !cancelled {
+			return reason
+		}
+		// The request was cancelled before it reached a backend, and
+		// answered so; the session goes on without one.
+		rest, reason := ss.skipCancelled(first)
+		if reason != "" {
+			return reason
+		}
+		if len(rest) == 0 {
+			var err error
+			if rest, err = ss.awaitFirst(); len(rest) == 0 {
+				return ss.firstReadFailed(err)
+			}
+		}
+		first = rest
+	}
+}
+
+// attachOnce takes a backend for the request in first and relays until
+// the session ends; cancelled reports a CancelRequest that came before the
+// request reached the backend (nothing was sent).
+func (ss *session) attachOnce(pl *pool.Pool, settings []startupSetting, first []byte) (reason string, cancelled bool) {
+	ctx := ss.waitForBackend()
+	lease, err := pl.Acquire(ctx)
 	if err != nil {
+		if ss.backendReady(nil) {
+			return "", true
+		}
+		if ss.killed.Load() {
+			return "shutdown", false
+		}
 		ss.refuse(err)
-		return reasonOf(err)
+		return reasonOf(err), false
 	}
 	back := lease.Conn()
 	ss.setLog(ss.log.With().Uint32("backend_pid", back.PID()).Logger())
@@ -249,21 +285,28 @@ func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte
 				// As PostgreSQL would have refused the start-up packet.
 				resp := fromPgError(pgErr)
 				resp.Severity, resp.SeverityUnlocalized = "FATAL", "FATAL"
+				ss.backendReady(nil)
 				ss.send(resp)
 				lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I'})
-				return "bad-startup"
+				return "bad-startup", false
 			}
+			ss.backendReady(nil)
 			lease.Release(pool.ReleaseState{Broken: true})
 			ss.send(fatal(codeConnectionFailure, "backend connection failed while applying start-up parameters"))
-			return "backend-gone"
+			return "backend-gone", false
 		}
 	}
-	ss.lease.Store(lease)
+	if ss.backendReady(lease) {
+		// Cancelled while the backend was being made ready: the request
+		// was never sent, and the backend goes back as it is.
+		lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I'})
+		return "", true
+	}
 	ss.log.Info().Bool("tls", ss.tls).Bool("backend_tls", back.TLS()).Msg("client attached")
 	reason, state := ss.relay(back.NetConn(), first)
 	ss.lease.Store(nil)
 	lease.Release(state)
-	return reason
+	return reason, false
 }
 
 // startup reads start-up packets until a StartupMessage, answering SSL and
@@ -501,6 +544,10 @@ func (ss *session) forwardCancel(body []byte) {
 	target := ss.srv.lookup(key)
 	if target == nil {
 		ss.log.Debug().Msg("cancel request for an unknown key ignored")
+		return
+	}
+	if target.cancelWaiting() {
+		target.sharedLog().Info().Msg("cancel request: the request waiting for a backend is cancelled, never sent")
 		return
 	}
 	lease := target.lease.Load()

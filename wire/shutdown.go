@@ -144,6 +144,11 @@ func (ss *session) kill(resp *pgproto3.ErrorResponse, reason string) {
 		return
 	}
 	ss.sharedLog().Info().Str("reason", reason).Msg("closing client")
+	ss.gateMu.Lock()
+	if ss.waitCancel != nil {
+		ss.waitCancel() // a request waiting for a backend: it will not get one
+	}
+	ss.gateMu.Unlock()
 	buf, _ := resp.Encode(nil)
 	deadline := time.Now().Add(shutdownWriteWait)
 	if !ss.writeMu.TryLock() {

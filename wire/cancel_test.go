@@ -1,0 +1,165 @@
+package wire_test
+
+import (
+	"context"
+	"errors"
+	mathrand "math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/internal/testkit"
+	"github.com/querycop/querycop/wire"
+)
+
+// cancelModes are the pool modes whose waiting requests a cancel ends.
+var cancelModes = []wire.PoolMode{wire.SessionMode}
+
+// saturate holds every backend of a pool of size n with pg_sleep until the
+// test ends (the sleeps are cancelled then).
+func saturate(t *testing.T, g *gateway, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	holders := make([]*pgconn.PgConn, n)
+	for i := range n {
+		holders[i] = g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			_, _ = testkit.Query(ctx, holders[i], "select pg_sleep(60)")
+		})
+	}
+	t.Cleanup(func() {
+		for _, h := range holders {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = h.CancelRequest(ctx)
+			cancel()
+		}
+		wg.Wait()
+	})
+	// Every backend is taken once the pool has no idle one.
+	for i := 0; i < 500; i++ {
+		if st, _ := userStats(g, pgtest.UserSCRAM); st.InUse >= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("the pool did not fill up with %d sleeping clients", n)
+}
+
+// queryThenCancel sends sql on c, cancels it after delay, and returns the
+// query's error (nil: it was answered).
+func queryThenCancel(t *testing.T, c *pgconn.PgConn, sql string, delay time.Duration) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type result struct {
+		v   string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := testkit.Query(ctx, c, sql)
+		done <- result{v, err}
+	}()
+	time.Sleep(delay)
+	if err := c.CancelRequest(ctx); err != nil {
+		t.Fatalf("CancelRequest: %v", err)
+	}
+	r := <-done
+	return r.v, r.err
+}
+
+func isCanceled(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "57014" && pgErr.Severity == "ERROR"
+}
+
+// A query cancelled while it waits for a backend of a full pool ends at
+// once with 57014, as on a direct connection, instead of running when the
+// pool frees up; the session goes on.
+func TestCancelWhileWaitingForBackend(t *testing.T) {
+	c := pgtest.Require(t)
+	for _, mode := range cancelModes {
+		t.Run(string(mode), func(t *testing.T) {
+			pcfg := testPoolConfig()
+			pcfg.Size = 1
+			pcfg.AcquireTimeout = time.Minute
+			g := startPooledGateway(t, backendConfig(c, backend.TLSDisable), pcfg, fltMode(mode))
+			client := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			saturate(t, g, 1)
+			v, err := queryThenCancel(t, client, "select 'ran'", 10*time.Millisecond)
+			if !isCanceled(err) {
+				t.Fatalf("query cancelled while waiting for a backend: %q, %v; want ERROR 57014", v, err)
+			}
+			// Extended protocol too (a prepared statement's execution).
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				_, err := client.ExecParams(ctx, "select $1::text", [][]byte{[]byte("ran")}, nil, nil, nil).Close()
+				done <- err
+			}()
+			time.Sleep(10 * time.Millisecond)
+			if err := client.CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; !isCanceled(err) {
+				t.Fatalf("extended-protocol query cancelled while waiting: %v; want ERROR 57014", err)
+			}
+			if n := g.srv.Stats().Refused["acquire-timeout"]; n != 0 {
+				t.Errorf("%d acquire timeouts counted; a cancel is not a refusal", n)
+			}
+		})
+	}
+}
+
+// 200 times: a query on a fresh connection, cancelled after 0 to 20 ms,
+// with the pool saturated by other clients: every one ends in 57014 (none
+// can have finished: no backend was free).
+func TestCancelRepeatedWithSaturatedPool(t *testing.T) {
+	c := pgtest.Require(t)
+	for _, mode := range cancelModes {
+		t.Run(string(mode), func(t *testing.T) {
+			pcfg := testPoolConfig()
+			pcfg.Size = 2
+			pcfg.AcquireTimeout = time.Minute
+			// Re-checking the password takes a slot of the full pool.
+			pcfg.AuthCacheTTL = 10 * time.Minute
+			g := startPooledGateway(t, backendConfig(c, backend.TLSDisable), pcfg, fltMode(mode))
+			saturate(t, g, 2)
+			deadline := time.Now().Add(90 * time.Second)
+			var wrong []string
+			n := 0
+			for ; n < 200 && time.Now().Before(deadline); n++ {
+				client, err := g.connect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+				if err != nil {
+					t.Fatalf("connect %d: %v", n, err)
+				}
+				delay := time.Duration(mathrand.IntN(21)) * time.Millisecond
+				v, err := queryThenCancel(t, client, "select 'ran'", delay)
+				if !isCanceled(err) {
+					wrong = append(wrong, delay.String()+": "+v+" "+errString(err))
+				}
+				client.Close(context.Background())
+			}
+			if n < 200 {
+				t.Errorf("only %d repetitions within the time bound", n)
+			}
+			if len(wrong) > 0 {
+				t.Errorf("%d of %d cancels did not end the query with 57014: %v", len(wrong), n, wrong[:min(10, len(wrong))])
+			}
+		})
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "answered"
+	}
+	return err.Error()
+}

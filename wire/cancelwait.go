@@ -1,0 +1,147 @@
+package wire
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/querycop/querycop/pool"
+)
+
+// Cancels that come before a request reaches a backend.
+//
+// A client's request may wait for a backend (a full pool, a paused one, a
+// dial) and then for the backend to be made ready (its start-up settings
+// applied). A CancelRequest in that time has no backend to go to; if it
+// were dropped, the request would run once a backend came, seconds later,
+// as if never cancelled. Instead it ends the wait at once, and the request
+// is answered as PostgreSQL answers a cancelled one: ErrorResponse 57014
+// "canceling statement due to user request" and, at the end of the batch,
+// ReadyForQuery. Nothing reached the server. A cancel that comes once the
+// request has been forwarded goes to the backend as usual.
+
+// waitForBackend registers the session as waiting for a backend and
+// returns the context of the wait, which a CancelRequest ends.
+func (ss *session) waitForBackend() context.Context {
+	ctx, cancel := context.WithCancel(ss.srv.ctx)
+	ss.gateMu.Lock()
+	ss.waitCancel, ss.cancelReq = cancel, false
+	ss.gateMu.Unlock()
+	return ctx
+}
+
+// backendReady ends the wait: the request is about to be forwarded on
+// lease (nil: the wait failed). It reports whether a CancelRequest came
+// first; if not, cancels go to lease's backend from now on.
+func (ss *session) backendReady(lease *pool.Lease) (cancelled bool) {
+	ss.gateMu.Lock()
+	defer ss.gateMu.Unlock()
+	if ss.waitCancel != nil {
+		ss.waitCancel()
+		ss.waitCancel = nil
+	}
+	cancelled, ss.cancelReq = ss.cancelReq, false
+	if !cancelled && lease != nil {
+		ss.lease.Store(lease)
+	}
+	return cancelled
+}
+
+// cancelWaiting is a CancelRequest for this session: if its request is
+// waiting for a backend, the wait ends and true is returned.
+func (ss *session) cancelWaiting() bool {
+	ss.gateMu.Lock()
+	defer ss.gateMu.Unlock()
+	if ss.waitCancel == nil {
+		return false
+	}
+	ss.cancelReq = true
+	ss.waitCancel()
+	return true
+}
+
+func canceledError() *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "57014",
+		Message: "canceling statement due to user request"}
+}
+
+// writeClient writes buf to the client with a deadline, for answers the
+// gateway makes itself while the session goes on.
+func (ss *session) writeClient(buf []byte) error {
+	ss.writeMu.Lock()
+	defer ss.writeMu.Unlock()
+	_ = ss.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err := ss.conn.Write(buf)
+	_ = ss.conn.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// skipCancelled answers the cancelled request that starts pending (bytes
+// already read from the client): the error, then every message up to the
+// end of its batch (a Query or FunctionCall, or the Sync of an
+// extended-protocol batch) is read and dropped, and ReadyForQuery 'I'
+// sent. It returns what the client sent after the batch, or the reason
+// the session must end.
+func (ss *session) skipCancelled(pending []byte) (rest []byte, reason string) {
+	buf := append([]byte(nil), pending...)
+	sentErr := false
+	limit := ss.srv.cfg.MaxMessageSize
+	for range 1 << 20 { // bounded; each round reads or consumes something
+		for len(buf) >= 5 {
+			typ := buf[0]
+			length := int(binary.BigEndian.Uint32(buf[1:5]))
+			if length < 4 || length > maxFrameLen || (limit > 0 && length-4 > limit) {
+				ss.send(fatal(codeProtocolViolation, errBadFrame.Error()))
+				return nil, "protocol-violation"
+			}
+			if typ == 'X' {
+				return nil, "client-close"
+			}
+			if !sentErr {
+				b, _ := canceledError().Encode(nil)
+				if err := ss.writeClient(b); err != nil {
+					return nil, "client-gone"
+				}
+				sentErr = true
+			}
+			if total := 1 + length; len(buf) >= total {
+				buf = buf[total:]
+			} else {
+				skip := int64(total - len(buf))
+				buf = buf[:0]
+				if n, err := io.CopyN(io.Discard, ss.conn, skip); n < skip {
+					return nil, ss.readEnd(err)
+				}
+			}
+			if typ == 'Q' || typ == 'F' || typ == 'S' {
+				b, _ := (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
+				if err := ss.writeClient(b); err != nil {
+					return nil, "client-gone"
+				}
+				return buf, ""
+			}
+		}
+		var more [512]byte
+		n, err := ss.conn.Read(more[:])
+		buf = append(buf, more[:n]...)
+		if n == 0 && err != nil {
+			return nil, ss.readEnd(err)
+		}
+	}
+	return nil, "protocol-violation"
+}
+
+// readEnd names why a read from the client failed outside the relay.
+func (ss *session) readEnd(err error) string {
+	if ss.killed.Load() {
+		return "shutdown"
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		ss.log.Debug().Err(err).Msg("client read failed")
+	}
+	return "client-gone"
+}
