@@ -24,12 +24,27 @@ import (
 // ReadyForQuery. Nothing reached the server. A cancel that comes once the
 // request has been forwarded goes to the backend as usual.
 
+// A cancel can overtake its own request: the client sends the request,
+// then the CancelRequest on a new connection, and the gateway may handle
+// the second before its session goroutine has read the first. A cancel
+// that finds a session which never had a request forwarded is therefore
+// kept for earlyCancelWindow, and ends the first request read in that
+// time. (Once a request has been forwarded, a cancel with nothing to
+// cancel is dropped, as PostgreSQL drops one for an idle backend: it may
+// be a late cancel of a request that has finished.)
+const earlyCancelWindow = time.Second
+
 // waitForBackend registers the session as waiting for a backend and
 // returns the context of the wait, which a CancelRequest ends.
 func (ss *session) waitForBackend() context.Context {
 	ctx, cancel := context.WithCancel(ss.srv.ctx)
 	ss.gateMu.Lock()
 	ss.waitCancel, ss.cancelReq = cancel, false
+	if !ss.earlyCancel.IsZero() && time.Since(ss.earlyCancel) < earlyCancelWindow {
+		ss.cancelReq = true
+		cancel()
+	}
+	ss.earlyCancel = time.Time{}
 	ss.gateMu.Unlock()
 	return ctx
 }
@@ -47,6 +62,7 @@ func (ss *session) backendReady(lease *pool.Lease) (cancelled bool) {
 	cancelled, ss.cancelReq = ss.cancelReq, false
 	if !cancelled && lease != nil {
 		ss.lease.Store(lease)
+		ss.forwarded = true
 	}
 	return cancelled
 }
@@ -57,6 +73,10 @@ func (ss *session) cancelWaiting() bool {
 	ss.gateMu.Lock()
 	defer ss.gateMu.Unlock()
 	if ss.waitCancel == nil {
+		if ss.srv.cfg.PoolMode != TransactionMode && !ss.forwarded && ss.lease.Load() == nil {
+			ss.earlyCancel = time.Now() // for the request it overtook
+			return true
+		}
 		return false
 	}
 	ss.cancelReq = true

@@ -60,8 +60,10 @@ type session struct {
 	txBusy     bool // transaction mode: a backend is attached or being attached (gateMu)
 
 	// A request waiting for a backend (see cancelwait.go), under gateMu.
-	waitCancel context.CancelFunc // ends the wait; nil when not waiting
-	cancelReq  bool               // a CancelRequest came during the wait
+	waitCancel  context.CancelFunc // ends the wait; nil when not waiting
+	cancelReq   bool               // a CancelRequest came during the wait
+	forwarded   bool               // a request was forwarded to a backend once
+	earlyCancel time.Time          // a CancelRequest that may have overtaken its request
 
 	overLimit bool // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
 
