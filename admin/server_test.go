@@ -713,7 +713,6 @@ func TestAcquireTimeoutWhilePausedNamesThePause(t *testing.T) {
 // querycop_clients_refused_total under the same reason.
 func TestRefusedMetricMatchesLog(t *testing.T) {
 	c := pgtest.Require(t)
-	g := startGateway(t, c, testPoolConfig(nil), admin.Config{}, adminKey)
 
 	packet := func(code uint32, body string) []byte {
 		b := binary.BigEndian.AppendUint32(nil, uint32(8+len(body)))
@@ -731,6 +730,9 @@ func TestRefusedMetricMatchesLog(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// A gateway each: refusal lines are rate-limited per reason
+			// and address, and these come from one address.
+			g := startGateway(t, c, testPoolConfig(nil), admin.Config{}, adminKey)
 			labels := map[string]string{"reason": tt.reason}
 			before := max(value(g.scrape(t), "querycop_clients_refused_total", labels), 0)
 			logged := func() int { return strings.Count(g.log.String(), `"reason":"`+tt.reason+`"`) }

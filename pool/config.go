@@ -11,6 +11,7 @@ type Config struct {
 	MaxConnIdleTime time.Duration  `env:"POOL_MAX_CONN_IDLE_TIME" envDefault:"10m" help:"idle time after which a pooled connection is closed (never below POOL_MIN_IDLE)"`
 	AcquireTimeout  time.Duration  `env:"POOL_ACQUIRE_TIMEOUT" envDefault:"30s" help:"how long a client waits for a backend connection when its pool is full, before SQLSTATE 53300"`
 	ResetQuery      string         `env:"POOL_RESET_QUERY" envDefault:"DISCARD ALL" help:"run on a backend connection when a session ends, before it is reused"`
+	MaxPools        int            `env:"MAX_POOLS" envDefault:"1000" help:"most pools at once (one per database, user and credential); a client that would need one more is refused with SQLSTATE 53300"`
 	AuthCacheTTL    time.Duration  `env:"POOL_AUTH_CACHE_TTL" envDefault:"5m" help:"pass-through mode: how long a verified client password admits clients without a new backend authentication"`
 }
 

@@ -47,11 +47,12 @@ type Pools struct {
 	salt      [32]byte
 	tick      time.Duration
 
-	mu     sync.Mutex
-	pools  map[Key]*Pool
-	closed bool
-	size   int // for pools created from now on (the admin API may change it)
-	paused bool
+	mu      sync.Mutex
+	pools   map[Key]*Pool
+	pending map[Key]*Pool // new keys whose credential is being checked
+	closed  bool
+	size    int // for pools created from now on (the admin API may change it)
+	paused  bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -62,7 +63,7 @@ type Pools struct {
 func New(cfg Config, dialer Dialer, tokenMode bool, log zerolog.Logger) *Pools {
 	ps := &Pools{
 		cfg: cfg, dialer: dialer, tokenMode: tokenMode, log: log,
-		pools: map[Key]*Pool{}, stop: make(chan struct{}), done: make(chan struct{}),
+		pools: map[Key]*Pool{}, pending: map[Key]*Pool{}, stop: make(chan struct{}), done: make(chan struct{}),
 		size: cfg.Size,
 	}
 	_, _ = rand.Read(ps.salt[:])
@@ -78,6 +79,12 @@ func New(cfg Config, dialer Dialer, tokenMode bool, log zerolog.Logger) *Pools {
 // checked by a real backend authentication first (that connection joins
 // the pool), and the server's refusal is returned unchanged. The caller
 // must call Leave when the client is gone.
+//
+// A pool for a new key joins the set (the admin views, the metrics, the
+// janitor) only once the server accepted the credential: until then it is
+// pending, shared by the clients of that key that arrive meanwhile, and
+// dropped when the last of them is refused. Pools and pending pools
+// together are capped at MaxPools.
 func (ps *Pools) Admit(ctx context.Context, p backend.Params) (*Pool, error) {
 	key := Key{Database: p.Database, User: p.User}
 	if !ps.tokenMode {
@@ -101,17 +108,62 @@ func (ps *Pools) Admit(ctx context.Context, p backend.Params) (*Pool, error) {
 	}
 	pl := ps.pools[key]
 	if pl == nil {
+		pl = ps.pending[key]
+	}
+	if pl == nil {
+		if ps.cfg.MaxPools > 0 && len(ps.pools)+len(ps.pending) >= ps.cfg.MaxPools && !ps.dropOneUnusedLocked() {
+			ps.mu.Unlock()
+			return nil, &TooManyPoolsError{Max: ps.cfg.MaxPools}
+		}
 		pl = ps.newPool(key, ps.size, ps.paused)
-		ps.pools[key] = pl
+		ps.pending[key] = pl
 	}
 	pl.clients.Add(1)
 	ps.mu.Unlock()
 
-	if err := pl.admit(ctx, p); err != nil {
+	err := pl.admit(ctx, p)
+	ps.mu.Lock()
+	var drop bool
+	if ps.pending[key] == pl {
+		switch {
+		case err == nil:
+			delete(ps.pending, key)
+			ps.pools[key] = pl
+		case pl.clients.Load() == 1: // the last client waiting on it
+			delete(ps.pending, key)
+			drop = true
+		}
+	}
+	ps.mu.Unlock()
+	if err != nil {
 		pl.Leave()
+		if drop {
+			pl.close()
+		}
 		return nil, err
 	}
 	return pl, nil
+}
+
+// dropOneUnusedLocked makes room under MaxPools by forgetting one pool that
+// has no client and no connection; false if there is none.
+func (ps *Pools) dropOneUnusedLocked() bool {
+	for key, pl := range ps.pools {
+		if pl.clients.Load() == 0 && pl.total() == 0 {
+			delete(ps.pools, key)
+			go pl.close()
+			return true
+		}
+	}
+	return false
+}
+
+// TooManyPoolsError is a client whose database, user and credential would
+// need one pool more than GATEKEEPER_MAX_POOLS allows.
+type TooManyPoolsError struct{ Max int }
+
+func (e *TooManyPoolsError) Error() string {
+	return fmt.Sprintf("too many pools: GATEKEEPER_MAX_POOLS (%d) reached (one pool per database, user and credential); raise it, or use fewer distinct users and databases", e.Max)
 }
 
 // Close closes every pool: idle connections at once, the others when their
@@ -123,8 +175,11 @@ func (ps *Pools) Close() {
 		return
 	}
 	ps.closed = true
-	all := make([]*Pool, 0, len(ps.pools))
+	all := make([]*Pool, 0, len(ps.pools)+len(ps.pending))
 	for _, pl := range ps.pools {
+		all = append(all, pl)
+	}
+	for _, pl := range ps.pending {
 		all = append(all, pl)
 	}
 	ps.mu.Unlock()

@@ -17,6 +17,7 @@ const (
 	envAcquireTimeout  = "GATEKEEPER_POOL_ACQUIRE_TIMEOUT"
 	envResetQuery      = "GATEKEEPER_POOL_RESET_QUERY"
 	envAuthCacheTTL    = "GATEKEEPER_POOL_AUTH_CACHE_TTL"
+	envMaxPools        = "GATEKEEPER_MAX_POOLS"
 )
 
 // Validate reports every problem with c at once, each naming its variable
@@ -45,6 +46,9 @@ func (c Config) Validate() error {
 	}
 	if c.AuthCacheTTL < 0 {
 		add(fmt.Sprintf("%s=%s must not be negative; 0 checks every client's password against the server", envAuthCacheTTL, c.AuthCacheTTL), envAuthCacheTTL)
+	}
+	if c.MaxPools < 1 {
+		add(fmt.Sprintf("%s=%d must be at least 1", envMaxPools, c.MaxPools), envMaxPools)
 	}
 	if c.ResetQuery == "" {
 		add(envResetQuery+" is empty; leave it unset for DISCARD ALL", envResetQuery)

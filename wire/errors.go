@@ -38,7 +38,10 @@ func backendErrorResponse(err error) (resp *pgproto3.ErrorResponse, reason strin
 	var tlsErr *backend.TLSError
 	var timeoutErr *pool.AcquireTimeoutError
 	var pausedErr *pool.PausedError
+	var poolsErr *pool.TooManyPoolsError
 	switch {
+	case errors.As(err, &poolsErr):
+		return fatal(codeTooManyConnections, poolsErr.Error()), "max-pools"
 	case errors.As(err, &timeoutErr):
 		return fatal(codeTooManyConnections, timeoutErr.Error()), "acquire-timeout"
 	case errors.As(err, &pausedErr):
@@ -81,4 +84,11 @@ func fromPgError(e *pgconn.PgError) *pgproto3.ErrorResponse {
 func reasonOf(err error) string {
 	_, reason := backendErrorResponse(err)
 	return reason
+}
+
+// loginRefused reports whether the server refused a client's login: a bad
+// password or role (class 28) or a database that does not exist.
+func loginRefused(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "3D000" || len(pgErr.Code) == 5 && pgErr.Code[:2] == "28")
 }

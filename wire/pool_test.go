@@ -863,9 +863,11 @@ func TestCredentialCache(t *testing.T) {
 				t.Errorf("wrong password, attempt %d: got %v, want 28P01 %q", i+1, err, want)
 			}
 		}
-		st, _ := userStats(g, pgtest.UserSCRAM)
-		if st.DialFailures != 2 || st.Created != 1 {
-			t.Errorf("%d created, %d dial failures; want 1 created, 2 failures (each wrong attempt checked by the server)", st.Created, st.DialFailures)
+		// Each wrong attempt was checked by the server, and left no pool:
+		// a pool exists only for a credential the server accepted.
+		st, pools := userStats(g, pgtest.UserSCRAM)
+		if refused := g.srv.Stats().Refused["backend-refused"]; refused != 2 || st.Created != 1 || pools != 1 {
+			t.Errorf("%d refused by the server, %d created, %d pools; want 2 refused, 1 created, 1 pool", refused, st.Created, pools)
 		}
 	})
 

@@ -52,10 +52,12 @@ type Server struct {
 	// stmtKey keys the names of statements transaction mode prepares.
 	stmtKey []byte
 
-	auth        *authFile     // nil: the client's password is not checked here
-	authQuery   *authQuery    // nil: no GATEKEEPER_AUTH_USER
-	dialer      BackendDialer // for the auth query
-	failures    loginFailures
+	auth      *authFile     // nil: the client's password is not checked here
+	authQuery *authQuery    // nil: no GATEKEEPER_AUTH_USER
+	dialer    BackendDialer // for the auth query
+	failures  loginFailures
+	refusals  refusalLog
+
 	decoySecret [32]byte // salts the SCRAM exchange of users not in auth
 }
 
@@ -135,6 +137,9 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // Serve accepts clients until the listener is closed. It returns nil after
 // Close or Shutdown.
 func (s *Server) Serve() error {
+	summaries := make(chan struct{})
+	defer close(summaries)
+	go s.logRefusalSummaries(summaries)
 	var backoff time.Duration
 	for {
 		conn, err := s.ln.Accept()

@@ -135,6 +135,11 @@ func (ss *session) run() {
 			"querycop requires TLS from clients (GATEKEEPER_CLIENT_TLS=require); connect with sslmode=require or stronger"), "client-tls-required"})
 		return
 	}
+	if ss.srv.failures.blocked(remoteIP(ss.conn)) {
+		ss.failStartup(&clientError{fatal(codeInvalidAuthorization,
+			"too many failed logins from this address; try again in a minute"), "login-rate-limited"})
+		return
+	}
 	cred, err := ss.authenticate(params.User)
 	if err != nil {
 		ss.failStartup(err)
@@ -150,6 +155,11 @@ func (ss *session) run() {
 	pl, err := ss.srv.pools.Admit(ss.srv.ctx, params)
 	if err != nil {
 		ss.srv.verifierRefused(params.User, err)
+		if loginRefused(err) {
+			// The server refused the login: it counts toward the
+			// per-address limit as a wrong password in the auth file does.
+			ss.srv.failures.record(remoteIP(ss.conn))
+		}
 		ss.refuse(err)
 		return
 	}
@@ -204,6 +214,7 @@ func (ss *session) refuse(err error) {
 	if reason == "backend-refused" || reason == "acquire-timeout" {
 		ev = ss.log.Info()
 	}
+	ev = ss.refusalEvent(ev, reason)
 	ev.Str("reason", reason).Str("error", err.Error()).Msg("client refused: no backend connection")
 	ss.send(resp)
 }
@@ -380,7 +391,9 @@ func (e *unsupportedProtocolError) Error() string {
 
 // admit checks the start-up parameters and answers protocol negotiation.
 func (ss *session) admit(msg *startupMessage) (backend.Params, []startupSetting, error) {
-	user := msg.params["user"]
+	// As PostgreSQL does, before the names key anything (pools, logs,
+	// metrics): truncated to NAMEDATALEN-1 bytes.
+	user := truncateName(msg.params["user"])
 	if user == "" {
 		return backend.Params{}, nil, &clientError{fatal(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet"), "bad-startup"}
 	}
@@ -388,7 +401,7 @@ func (ss *session) admit(msg *startupMessage) (backend.Params, []startupSetting,
 	if err != nil {
 		return backend.Params{}, nil, &clientError{fatal(codeFeatureNotSupported, err.Error()), "bad-startup"}
 	}
-	db := msg.params["database"]
+	db := truncateName(msg.params["database"])
 	if db == "" {
 		db = user
 	}
@@ -469,27 +482,27 @@ func (ss *session) failStartup(err error) {
 		ss.log.Debug().Str("reason", "client-gone").Msg("client left during start-up")
 	case errors.As(err, &ce):
 		ss.srv.counters.refuse(ce.reason)
-		ss.log.Info().Str("reason", ce.reason).Str("error", ce.Error()).Msg("client refused")
+		ss.refusalEvent(ss.log.Info(), ce.reason).Str("reason", ce.reason).Str("error", ce.Error()).Msg("client refused")
 		ss.send(ce.resp)
 	case errors.As(err, &pe):
 		ss.srv.counters.refuse("protocol-violation")
-		ss.log.Info().Str("reason", "protocol-violation").Str("error", pe.Error()).Msg("client refused")
+		ss.refusalEvent(ss.log.Info(), "protocol-violation").Str("reason", "protocol-violation").Str("error", pe.Error()).Msg("client refused")
 		ss.send(fatal(codeProtocolViolation, pe.Error()))
 	case errors.As(err, &upe):
 		ss.srv.counters.refuse("protocol-violation")
-		ss.log.Info().Str("reason", "protocol-violation").Str("error", upe.Error()).Msg("client refused")
+		ss.refusalEvent(ss.log.Info(), "protocol-violation").Str("reason", "protocol-violation").Str("error", upe.Error()).Msg("client refused")
 		ss.send(fatal(codeFeatureNotSupported, upe.Error()))
 	case errors.As(err, &te):
 		// Nothing can be sent: the channel is neither plaintext nor TLS.
 		ss.srv.counters.refuse("client-tls")
-		ss.log.Info().Str("reason", "client-tls").Str("error", te.Error()).Msg("client refused")
+		ss.refusalEvent(ss.log.Info(), "client-tls").Str("reason", "client-tls").Str("error", te.Error()).Msg("client refused")
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
 		ss.srv.counters.refuse("login-timeout")
-		ss.log.Info().Str("reason", "login-timeout").Msg("client refused")
+		ss.refusalEvent(ss.log.Info(), "login-timeout").Str("reason", "login-timeout").Msg("client refused")
 		ss.send(fatal(codeProtocolViolation, "start-up not completed within GATEKEEPER_CLIENT_LOGIN_TIMEOUT ("+ss.srv.cfg.LoginTimeout.String()+")"))
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		ss.srv.counters.refuse("protocol-violation")
-		ss.log.Info().Str("reason", "protocol-violation").Msg("client sent an incomplete start-up packet")
+		ss.refusalEvent(ss.log.Info(), "protocol-violation").Str("reason", "protocol-violation").Msg("client sent an incomplete start-up packet")
 	default:
 		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client start-up failed")
 	}

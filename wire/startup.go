@@ -159,3 +159,14 @@ func clip(s string) string {
 	}
 	return s[:i] + "..."
 }
+
+// maxNameLen is PostgreSQL's NAMEDATALEN-1: ProcessStartupPacket cuts
+// longer user and database names to it (bytewise).
+const maxNameLen = 63
+
+func truncateName(s string) string {
+	if len(s) > maxNameLen {
+		return s[:maxNameLen]
+	}
+	return s
+}
