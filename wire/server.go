@@ -58,7 +58,8 @@ type Server struct {
 	failures  loginFailures
 	refusals  refusalLog
 
-	decoySecret [32]byte // salts the SCRAM exchange of users not in auth
+	settingsChecks settingsChecks // start-up settings the server accepted, per pool
+	decoySecret    [32]byte       // salts the SCRAM exchange of users not in auth
 }
 
 // NewServer prepares a server; cfg must have passed Validate. In token mode

@@ -163,6 +163,16 @@ func (ss *session) run() {
 		ss.refuse(err)
 		return
 	}
+	if err := ss.checkSettings(pl, settings); err != nil {
+		pl.Leave()
+		var se *settingsError
+		if errors.As(err, &se) {
+			ss.failSettings(se)
+		} else {
+			ss.refuse(err)
+		}
+		return
+	}
 	ss.key = ss.srv.register(ss)
 	if err := ss.handoff(pl.StartupParams(), settings); err != nil {
 		pl.Leave()
