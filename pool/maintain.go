@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/puddle/v2"
+
+	"github.com/querycop/querycop/token"
 )
 
 // janitor is the one goroutine that keeps every pool: it retires
@@ -111,7 +113,7 @@ func (pl *Pool) createQuietly() bool {
 		// Never dial with a credential the server refused.
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(token.InBackground(context.Background()), time.Minute)
 	defer cancel()
 	if err := pl.create(ctx); err != nil {
 		if !errors.Is(err, puddle.ErrNotAvailable) { // full: nothing to replace

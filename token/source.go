@@ -125,7 +125,7 @@ type entry struct {
 	lastDuration                            time.Duration
 	lastEnd                                 time.Time
 	lastErr                                 error
-	retryAt                                 time.Time // next background retry after a failure
+	retryAt                                 time.Time // after a failure: when a background run or need may run the command again
 	lastUsed                                time.Time
 	nextRefresh                             time.Time // next background run, if any
 	timer                                   *time.Timer
@@ -180,8 +180,10 @@ func (s *Source) Token(ctx context.Context, t Target) (Token, error) {
 	}
 	c := e.call
 	if c == nil || !s.cfg.Reuse {
-		if e.consecutive > 0 && now.Sub(e.lastEnd) < s.demandFloor {
+		if e.consecutive > 0 && (now.Sub(e.lastEnd) < s.demandFloor || (isBackground(ctx) && now.Before(e.retryAt))) {
 			// The command failed a moment ago: not asked again so soon.
+			// A need nobody waits on (a pool keeping connections ready)
+			// waits for the whole back-off: only clients get fresh runs.
 			err := e.lastErr
 			s.mu.Unlock()
 			return Token{}, err
@@ -195,6 +197,23 @@ func (s *Source) Token(ctx context.Context, t Target) (Token, error) {
 	case <-ctx.Done():
 		return Token{}, s.error("canceled: "+ctx.Err().Error(), ctx.Err())
 	}
+}
+
+type backgroundKey struct{}
+
+// InBackground marks ctx as a need for a token that no client waits on,
+// such as a pool opening idle connections ahead of demand. After a failure
+// such a need gets the stored error until the back-off (1s doubling to a
+// minute) has passed, where a client's need runs the command again after
+// the short demand floor: a pool that keeps trying must not run a failing
+// command every couple of seconds.
+func InBackground(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
+}
+
+func isBackground(ctx context.Context) bool {
+	b, _ := ctx.Value(backgroundKey{}).(bool)
+	return b
 }
 
 // makeRoomLocked drops the least recently needed key with no run in flight
@@ -339,11 +358,10 @@ func (s *Source) finish(k key, e *entry, c *call, value string, expiry time.Time
 		e.failures++
 		e.consecutive++
 		e.lastErr = err
-		e.retryAt = time.Time{}
+		e.retryAt = now.Add(backoff(e.consecutive))
 		if s.cfg.Reuse && cur.usable(now) {
 			// The current token still serves: retry in the background
 			// after the back-off, while the key is in use.
-			e.retryAt = now.Add(backoff(e.consecutive))
 			s.scheduleLocked(k, e, e.retryAt, true)
 		} else {
 			// Nothing to keep alive: the next need runs the command; the

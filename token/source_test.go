@@ -389,8 +389,8 @@ func TestSourceFreshFailure(t *testing.T) {
 		t.Fatalf("first Token: %v (%T), want *Error backend token command failed: AADSTS700082...", err1, err1)
 	}
 	st := statusOf(t, s, "alice")
-	if st.Valid || st.Failures != 1 || st.ConsecutiveFailures != 1 || !strings.Contains(st.LastError, "AADSTS700082") || !st.RetryAt.IsZero() || !st.NextRefresh.IsZero() {
-		t.Errorf("Status after a failure with no usable token = %+v; want no background retry", st)
+	if st.Valid || st.Failures != 1 || st.ConsecutiveFailures != 1 || !strings.Contains(st.LastError, "AADSTS700082") || st.RetryAt.IsZero() || !st.NextRefresh.IsZero() {
+		t.Errorf("Status after a failure with no usable token = %+v; want no background retry scheduled, RetryAt set", st)
 	}
 	// Within the floor: the same error at once, without running the command.
 	for range 5 {
@@ -406,6 +406,19 @@ func TestSourceFreshFailure(t *testing.T) {
 	time.Sleep(600 * time.Millisecond)
 	if c := m.Calls(); c != 1 {
 		t.Fatalf("minter called %d times with nobody needing a token, want 1 (no background retries)", c)
+	}
+	// A background need (a pool keeping idle connections) past the floor
+	// but within the back-off (1s ±20%, from the failure) gets the stored
+	// error and runs nothing.
+	if time.Now().Before(st.RetryAt) {
+		if _, err := s.Token(InBackground(context.Background()), srcTarget); err != err1 {
+			t.Fatalf("background need within the back-off = %v, want the stored error", err)
+		}
+		if c := m.Calls(); c != 1 {
+			t.Fatalf("a background need within the back-off ran the command (%d calls)", c)
+		}
+	} else {
+		t.Logf("the machine was too slow to check a background need within the back-off")
 	}
 	// Then 20 needs at once: one fresh run serves them all.
 	var wg sync.WaitGroup
@@ -430,7 +443,7 @@ func TestSourceFreshFailure(t *testing.T) {
 		t.Errorf("minter called %d times, want 2", c)
 	}
 	st = statusOf(t, s, "alice")
-	if !st.Valid || st.ConsecutiveFailures != 0 || st.Failures != 1 || st.Mints != 1 || st.LastError != "" {
+	if !st.Valid || st.ConsecutiveFailures != 0 || st.Failures != 1 || st.Mints != 1 || st.LastError != "" || !st.RetryAt.IsZero() {
 		t.Errorf("Status after recovery = %+v", st)
 	}
 }
