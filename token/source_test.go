@@ -249,7 +249,7 @@ func TestSourceSingleFlight(t *testing.T) {
 }
 
 // While a background refresh runs, Token hands out the cached token at once;
-// the refresh starts by itself at 80% of the usable window.
+// the refresh starts by itself at the expiry less the margin.
 func TestSourceRefreshAhead(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})

@@ -73,6 +73,7 @@ func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 			return exitFailed
 		}
 		tokens = token.NewSource(tcfg, minter)
+		tokens.LoginSafety = b.ConnectTimeout + token.ClockSkew // as serve sets it, so "used for new connections until" is the gateway's
 		defer tokens.Close()
 		start := time.Now()
 		tok, err := tokens.Token(ctx, token.Target{Host: b.Host, Port: b.Port, User: *user, Database: *database})
