@@ -2,6 +2,7 @@ package wire_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -56,5 +57,31 @@ func TestTokenCommandNeverEchoes(t *testing.T) {
 				t.Errorf("no WARN log line with the client's text %q", msg)
 			}
 		})
+	}
+}
+
+// TestTokenUnknownUsersCostOneRunEach: in token mode without an auth file a
+// client picks the user name. Logins as 20 names the command fails for cost
+// one run each: no background retries follow (they were 140 runs and 140
+// WARN lines in 80s), and every client is refused with the command's error.
+func TestTokenUnknownUsersCostOneRunEach(t *testing.T) {
+	c := pgtest.Require(t)
+	env := newTokEnv(t, c)
+	g := startGateway(t, tokenBackendConfig(c, "print-password.sh"))
+	env.watch(g)
+	const users = 20
+	for i := range users {
+		_, _, err := tokSession(g, fmt.Sprintf("nobody_%d", i))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || !strings.HasPrefix(pgErr.Message, "backend token command failed: no password known for role nobody_") {
+			t.Fatalf("login as an unknown user: %v", err)
+		}
+	}
+	time.Sleep(3 * time.Second) // the first background retry would have come after 1s
+	if runs := env.runs(); len(runs) != users {
+		t.Errorf("the command ran %d times for %d failed logins, want %d: no background retries for keys nobody needs", len(runs), users, users)
+	}
+	if n := strings.Count(g.log.String(), "background token refresh failed"); n != 0 {
+		t.Errorf("%d background refresh WARN lines for keys nobody needs, want 0", n)
 	}
 }
