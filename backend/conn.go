@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"time"
@@ -28,6 +29,16 @@ type Conn struct {
 	// on it, the settings applied). Only the current holder touches it.
 	Attachment any
 }
+
+// NewConn wraps a connection that is already authenticated, for dialers
+// other than Dialer (the fakes of other packages' tests). Such a Conn
+// cannot send a cancel request.
+func NewConn(nc net.Conn, pid uint32, params map[string]string, credentialUseUntil time.Time) *Conn {
+	return &Conn{netConn: nc, pid: pid, params: params, created: time.Now(), credentialUseUntil: credentialUseUntil}
+}
+
+// errNoCancel is a cancel request on a Conn that no Dialer made.
+var errNoCancel = errors.New("this connection cannot be cancelled: it was not opened by a backend.Dialer")
 
 // CredentialUseUntil is the horizon of the token the connection was
 // authenticated with (zero without a token): the pool retires it by then.
@@ -67,6 +78,9 @@ func (c *Conn) Cancel(ctx context.Context) error {
 // smaller the chance of cancelling that client's query instead. sent says
 // whether the request went out.
 func (c *Conn) CancelIf(ctx context.Context, wanted func() bool) (sent bool, err error) {
+	if c.dialer == nil {
+		return false, errNoCancel
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.dialer.cfg.ConnectTimeout)
 	defer cancel()
 	policy := plainOnly

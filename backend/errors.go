@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // DialError is a failure to reach the server at all. Its text,
@@ -43,6 +45,29 @@ type StartupError struct {
 
 func (e *StartupError) Error() string { return "backend dial failed: " + e.Err.Error() }
 func (e *StartupError) Unwrap() error { return e.Err }
+
+// Transient reports whether a failure to open a connection is the server
+// being slow to answer (a timeout), which passes by itself under load; a
+// refused connection, a bad credential or a failing token command do not.
+func Transient(err error) bool {
+	var dialErr *DialError
+	var startupErr *StartupError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &dialErr):
+		return errors.As(dialErr.Err, &netErr) && netErr.Timeout()
+	case errors.As(err, &startupErr):
+		return startupErr.Timeout
+	}
+	return false
+}
+
+// IsAuthFailure reports whether the server refused the credential: SQLSTATE
+// 28P01 (invalid_password) or 28000 (invalid_authorization_specification).
+func IsAuthFailure(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000")
+}
 
 // errServerRefusedTLS is the server answering 'N' to our SSLRequest in a mode
 // that does not allow plaintext.

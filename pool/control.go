@@ -81,13 +81,6 @@ func (ps *Pools) Resize(database, user string, size int) int {
 }
 
 func (pl *Pool) resize(size int) {
-	if size == int(pl.res.Load().Stat().MaxResources()) {
-		return
-	}
-	pl.mu.Lock()
-	pl.old = append(pl.old, pl.res.Load())
-	pl.res.Store(pl.newPuddle(size))
-	pl.mu.Unlock()
 	pl.lim.resize(size)
-	pl.maintain()
+	pl.maintain() // close idle connections over the new size now
 }

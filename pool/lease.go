@@ -15,7 +15,6 @@ const resetTimeout = 5 * time.Second
 // Lease is a backend connection held by one session.
 type Lease struct {
 	res  *puddle.Resource[*conn]
-	from *puddle.Pool[*conn]
 	pool *Pool
 	// conn is res's value, kept here because other goroutines (a cancel
 	// request, shutdown) may look at a lease while its session releases
@@ -99,8 +98,8 @@ func (l *Lease) Release(st ReleaseState) {
 		pl.destroy(l.res, "pause")
 		return
 	}
-	if l.from != pl.res.Load() {
-		pl.adopt(l.res) // resized while leased
+	if pl.total() > pl.size() {
+		pl.destroy(l.res, "resize") // shrunk while leased
 		return
 	}
 	l.res.Release()

@@ -3,7 +3,6 @@ package pool
 import (
 	"context"
 	"errors"
-	"slices"
 	"time"
 
 	"github.com/jackc/puddle/v2"
@@ -33,10 +32,9 @@ func (ps *Pools) janitor() {
 }
 
 func (pl *Pool) maintain() {
-	pl.migrate()
 	cfg := pl.ps.cfg
-	cur := pl.res.Load()
-	size := int(cur.Stat().MaxResources())
+	cur := pl.res
+	size := pl.size()
 	paused := pl.ps.isPaused()
 	// Retire one tick early, so an Acquire rarely finds a connection
 	// expired and makes its client wait for a dial.
@@ -48,6 +46,9 @@ func (pl *Pool) maintain() {
 		switch {
 		case paused:
 			pl.destroy(res, "pause")
+			total--
+		case total > size:
+			pl.destroy(res, "resize") // shrunk: idle ones go first
 			total--
 		case c.retired(horizon):
 			retiring = append(retiring, res)
@@ -83,25 +84,6 @@ func (pl *Pool) maintain() {
 	for int(cur.Stat().IdleResources()) < cfg.MinIdle && int(cur.Stat().TotalResources()) < size {
 		if !pl.createQuietly() {
 			break
-		}
-	}
-}
-
-// migrate moves idle connections of puddles replaced by a resize into the
-// current one, and closes puddles left empty.
-func (pl *Pool) migrate() {
-	pl.mu.Lock()
-	old := slices.Clone(pl.old)
-	pl.mu.Unlock()
-	for _, p := range old {
-		for _, res := range p.AcquireAllIdle() {
-			pl.adopt(res)
-		}
-		if p.Stat().TotalResources() == 0 {
-			p.Close()
-			pl.mu.Lock()
-			pl.old = slices.DeleteFunc(pl.old, func(q *puddle.Pool[*conn]) bool { return q == p })
-			pl.mu.Unlock()
 		}
 	}
 }

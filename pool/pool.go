@@ -9,13 +9,11 @@ import (
 	"fmt"
 	"maps"
 	mathrand "math/rand/v2"
-	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/puddle/v2"
 	"github.com/rs/zerolog"
 
@@ -204,11 +202,10 @@ func (ps *Pools) all() []*Pool {
 type Pool struct {
 	key Key
 	ps  *Pools
-	// res is the current puddle, whose MaxSize is the pool's size: puddle
-	// enforces the cap, even while the janitor holds idle connections. A
-	// resize starts a new puddle; the connections of old ones move over
-	// (or close) as they turn idle.
-	res atomic.Pointer[puddle.Pool[*conn]]
+	// res holds the connections. Its MaxSize is a fixed ceiling; the
+	// pool's size, which the admin API changes at run time, is enforced by
+	// lim for leases and by the janitor and create for idle connections.
+	res *puddle.Pool[*conn]
 	lim limiter
 	log zerolog.Logger
 
@@ -218,9 +215,8 @@ type Pool struct {
 	lastAdmitAt  time.Time  // guarded by admitMu
 
 	mu       sync.Mutex
-	old      []*puddle.Pool[*conn] // puddles replaced by a resize, until empty
-	password string                // pass-through: the verified credential, for dials; never logged
-	scram    *backend.SCRAMKeys    // pass-through: or these keys instead of a password; never logged
+	password string             // pass-through: the verified credential, for dials; never logged
+	scram    *backend.SCRAMKeys // pass-through: or these keys instead of a password; never logged
 	params   map[string]string
 	live     map[*conn]struct{}
 	lastUsed time.Time
@@ -247,36 +243,25 @@ func (ps *Pools) newPool(key Key, size int, paused bool) *Pool {
 	pl := &Pool{key: key, ps: ps, live: map[*conn]struct{}{}, lastUsed: time.Now(),
 		lim: limiter{size: size, paused: paused}, dials: make(chan struct{}, maxConcurrentDials),
 		log: ps.log.With().Str("db", key.Database).Str("user", key.User).Logger()}
-	pl.res.Store(pl.newPuddle(size))
+	pl.res, _ = puddle.NewPool(&puddle.Config[*conn]{
+		Constructor: pl.construct,
+		Destructor:  pl.destruct,
+		MaxSize:     MaxSize,
+	})
 	return pl
 }
 
-func (pl *Pool) newPuddle(size int) *puddle.Pool[*conn] {
-	p, _ := puddle.NewPool(&puddle.Config[*conn]{
-		Constructor: pl.construct,
-		Destructor:  pl.destruct,
-		MaxSize:     int32(max(size, 1)),
-	})
-	return p
-}
+// MaxSize is the largest size a pool can be given, at start-up or through
+// the admin API.
+const MaxSize = 100000
 
 // maxConcurrentDials is how many connections one pool opens at a time.
 const maxConcurrentDials = 4
 
-// adoptKey carries an existing connection into a puddle's constructor:
-// puddle has no other way to take in a resource it did not build.
-type adoptKey struct{}
-
-// adopt moves a connection of an old puddle into the current one, or
-// closes it when there is no room.
-func (pl *Pool) adopt(res *puddle.Resource[*conn]) {
-	c := res.Value()
-	res.Hijack()
-	ctx := context.WithValue(context.Background(), adoptKey{}, c)
-	if err := pl.res.Load().CreateResource(ctx); err != nil {
-		pl.stats.closed("resize")
-		pl.destruct(c)
-	}
+// size is the pool's current size.
+func (pl *Pool) size() int {
+	size, _, _ := pl.lim.snapshot()
+	return size
 }
 
 func (pl *Pool) admit(ctx context.Context, p backend.Params) error {
@@ -291,7 +276,7 @@ func (pl *Pool) admit(ctx context.Context, p backend.Params) error {
 	}
 	err := pl.admitLocked(ctx, p)
 	pl.lastAdmitErr = nil
-	if err != nil && transient(err) {
+	if err != nil && backend.Transient(err) {
 		pl.lastAdmitErr, pl.lastAdmitAt = err, time.Now()
 	}
 	return err
@@ -321,13 +306,12 @@ func (pl *Pool) admitLocked(ctx context.Context, p backend.Params) error {
 	pl.mu.Unlock()
 	err := pl.verify(ctx)
 	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000") {
+		if backend.IsAuthFailure(err) {
 			// The server no longer takes this credential: nothing
 			// authenticated with it may be handed out again.
 			pl.verifiedAt = time.Time{}
 			pl.usable.Store(false)
-			pl.res.Load().Reset()
+			pl.res.Reset()
 		}
 		return err
 	}
@@ -346,9 +330,10 @@ func (pl *Pool) verify(ctx context.Context) error {
 		return pl.timeoutError()
 	}
 	defer pl.lim.release()
-	if err := pl.create(ctx); !errors.Is(err, puddle.ErrNotAvailable) {
+	if err := pl.createHeld(ctx); !errors.Is(err, puddle.ErrNotAvailable) {
 		return err
 	}
+	// Full: check on a connection that does not stay.
 	c, err := pl.ps.dialer.Dial(ctx, pl.dialParams())
 	if err == nil {
 		c.Close()
@@ -356,9 +341,28 @@ func (pl *Pool) verify(ctx context.Context) error {
 	return err
 }
 
-// create dials one connection into the pool as idle.
+// create dials one connection into the pool as idle, or returns
+// puddle.ErrNotAvailable when the pool is at its size (or paused, or
+// clients are waiting: they will open what they need themselves).
+//
+// The dial holds a slot of the limiter, as a client's would: connections
+// being opened and leased never exceed the size together, and a client
+// finds an idle connection before it opens one, so the pool never holds
+// more than its size even while the janitor replaces connections.
 func (pl *Pool) create(ctx context.Context) error {
-	return pl.res.Load().CreateResource(ctx)
+	if !pl.lim.tryAcquire() {
+		return puddle.ErrNotAvailable
+	}
+	defer pl.lim.release()
+	return pl.createHeld(ctx)
+}
+
+// createHeld is create for a caller that holds a limiter slot.
+func (pl *Pool) createHeld(ctx context.Context) error {
+	if pl.total() >= pl.size() {
+		return puddle.ErrNotAvailable
+	}
+	return pl.res.CreateResource(ctx)
 }
 
 func (pl *Pool) dialParams() backend.Params {
@@ -368,9 +372,6 @@ func (pl *Pool) dialParams() backend.Params {
 }
 
 func (pl *Pool) construct(ctx context.Context) (*conn, error) {
-	if c, ok := ctx.Value(adoptKey{}).(*conn); ok {
-		return c, nil
-	}
 	// puddle gives constructors no cancellation but Close; the dial
 	// itself is bounded by the connect timeout, and so is this wait.
 	select {
@@ -421,10 +422,17 @@ func (pl *Pool) destruct(c *conn) {
 }
 
 // destroy closes a connection for reason, which feeds the log and stats.
+//
+// The connection is closed before puddle forgets it, on the caller's
+// goroutine (puddle's own Destroy closes it later, on another): the pool's
+// size counts it until the server has seen it go, and a lease's limiter
+// slot is only freed after that, so a replacement never coexists with it.
 func (pl *Pool) destroy(res *puddle.Resource[*conn], reason string) {
 	pl.stats.closed(reason)
-	pl.log.Debug().Uint32("backend_pid", res.Value().PID()).Str("reason", reason).Msg("backend connection closed")
-	res.Destroy()
+	c := res.Value()
+	pl.log.Debug().Uint32("backend_pid", c.PID()).Str("reason", reason).Msg("backend connection closed")
+	pl.destruct(c)
+	res.Hijack()
 }
 
 // StartupParams is what the server reported at start-up on this pool's
@@ -436,31 +444,11 @@ func (pl *Pool) StartupParams() map[string]string {
 	return pl.params
 }
 
-// close closes the pool's puddles, waiting for leased connections.
-func (pl *Pool) close() {
-	pl.mu.Lock()
-	old := pl.old
-	pl.old = nil
-	pl.mu.Unlock()
-	for _, p := range old {
-		p.Close()
-	}
-	pl.res.Load().Close()
-}
+// close closes the pool, waiting for leased connections.
+func (pl *Pool) close() { pl.res.Close() }
 
-// total counts the pool's connections in every puddle.
-func (pl *Pool) total() int {
-	n := int(pl.res.Load().Stat().TotalResources())
-	pl.mu.Lock()
-	for _, p := range pl.old {
-		n += int(p.Stat().TotalResources())
-	}
-	pl.mu.Unlock()
-	return n
-}
-
-// Key is the pool's key.
-func (pl *Pool) Key() Key { return pl.key }
+// total counts the pool's connections, idle, leased and being opened.
+func (pl *Pool) total() int { return int(pl.res.Stat().TotalResources()) }
 
 // Leave is called once per Admit, when the client has gone.
 func (pl *Pool) Leave() {
@@ -506,12 +494,8 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		}
 	}
 	for {
-		from := pl.res.Load()
-		res, err := from.Acquire(ctx)
-		if errors.Is(err, puddle.ErrClosedPool) && from != pl.res.Load() {
-			continue // resized under our feet: the new puddle serves
-		}
-		if err != nil && transient(err) && pl.total() > 0 && ctx.Err() == nil {
+		res, err := pl.res.Acquire(ctx)
+		if err != nil && backend.Transient(err) && pl.total() > 0 && ctx.Err() == nil {
 			// The server is slow to take new connections but this pool has
 			// some: wait for one of them rather than fail the client.
 			if wait := time.Until(deadline); wait > 0 {
@@ -544,7 +528,7 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 			continue
 		}
 		pl.stats.acquired(time.Since(start))
-		return &Lease{res: res, from: from, pool: pl, conn: c}, nil
+		return &Lease{res: res, pool: pl, conn: c}, nil
 	}
 }
 
@@ -565,22 +549,6 @@ type PausedError struct {
 
 func (e *PausedError) Error() string {
 	return fmt.Sprintf("no backend connection within %s: the pools are paused (POST /v1/resume on the admin API resumes them)", e.Timeout)
-}
-
-// transient reports whether a failure to open a connection is the server
-// being slow to answer (a timeout), which passes by itself under load; a
-// refused connection, a bad credential or a failing token command do not.
-func transient(err error) bool {
-	var dialErr *backend.DialError
-	var startupErr *backend.StartupError
-	var netErr net.Error
-	switch {
-	case errors.As(err, &dialErr):
-		return errors.As(dialErr.Err, &netErr) && netErr.Timeout()
-	case errors.As(err, &startupErr):
-		return startupErr.Timeout
-	}
-	return false
 }
 
 // dialWait bounds how long a constructor waits for its turn to dial.

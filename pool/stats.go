@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/jackc/puddle/v2"
 )
 
 // counters are a pool's running totals; puddle's Stat gives the gauges.
@@ -157,13 +155,11 @@ func (pl *Pool) Stats() Stats {
 	pl.stats.mu.Unlock()
 	now := time.Now()
 	pl.mu.Lock()
-	for _, p := range append([]*puddle.Pool[*conn]{pl.res.Load()}, pl.old...) {
-		st := p.Stat()
-		s.Total += int(st.TotalResources())
-		s.Idle += int(st.IdleResources())
-		s.InUse += int(st.AcquiredResources())
-		s.Constructing += int(st.ConstructingResources())
-	}
+	st := pl.res.Stat()
+	s.Total = int(st.TotalResources())
+	s.Idle = int(st.IdleResources())
+	s.InUse = int(st.AcquiredResources())
+	s.Constructing = int(st.ConstructingResources())
 	for c := range pl.live {
 		s.OldestAge = max(s.OldestAge, now.Sub(c.Created()))
 	}

@@ -1,0 +1,335 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
+
+	"github.com/querycop/querycop/backend"
+)
+
+// Unit tests of the pool with a fake dialer: each connection is one end of
+// a net.Pipe whose other end answers every query with CommandComplete and
+// ReadyForQuery 'I', as a server would answer the reset and ROLLBACK. The
+// end-to-end behaviour against PostgreSQL is tested in wire.
+
+type fakeDialer struct {
+	mu      sync.Mutex
+	pid     uint32
+	open    map[uint32]bool // server ends still open, by pid
+	horizon time.Duration   // credential horizon given to new connections (0: none)
+	fail    error
+	dials   atomic.Int64
+}
+
+func newFakeDialer() *fakeDialer { return &fakeDialer{open: map[uint32]bool{}} }
+
+func (d *fakeDialer) Dial(ctx context.Context, p backend.Params) (*backend.Conn, error) {
+	d.dials.Add(1)
+	d.mu.Lock()
+	if d.fail != nil {
+		err := d.fail
+		d.mu.Unlock()
+		return nil, err
+	}
+	d.pid++
+	pid := d.pid
+	d.open[pid] = true
+	var until time.Time
+	if d.horizon > 0 {
+		until = time.Now().Add(d.horizon)
+	}
+	d.mu.Unlock()
+	client, server := net.Pipe()
+	go d.serve(pid, server)
+	return backend.NewConn(client, pid, map[string]string{"server_version": "15"}, until), nil
+}
+
+// serve answers queries until the client terminates or closes.
+func (d *fakeDialer) serve(pid uint32, c net.Conn) {
+	defer func() {
+		c.Close()
+		d.mu.Lock()
+		d.open[pid] = false
+		d.mu.Unlock()
+	}()
+	be := pgproto3.NewBackend(c, c)
+	for {
+		msg, err := be.Receive()
+		if err != nil {
+			return
+		}
+		switch msg.(type) {
+		case *pgproto3.Terminate:
+			return
+		case *pgproto3.Query:
+			be.Send(&pgproto3.CommandComplete{CommandTag: []byte("DISCARD ALL")})
+			be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+			if be.Flush() != nil {
+				return
+			}
+		}
+	}
+}
+
+func (d *fakeDialer) openCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, open := range d.open {
+		if open {
+			n++
+		}
+	}
+	return n
+}
+
+func testPools(t *testing.T, cfg Config, d *fakeDialer) (*Pools, *Pool) {
+	t.Helper()
+	if cfg.MaxConnLifetime == 0 {
+		cfg.MaxConnLifetime = time.Hour
+	}
+	if cfg.MaxConnIdleTime == 0 {
+		cfg.MaxConnIdleTime = time.Hour
+	}
+	if cfg.AcquireTimeout == 0 {
+		cfg.AcquireTimeout = 5 * time.Second
+	}
+	if cfg.ResetQuery == "" {
+		cfg.ResetQuery = "DISCARD ALL"
+	}
+	ps := New(cfg, d, true, zerolog.Nop())
+	t.Cleanup(ps.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pl, err := ps.Admit(ctx, backend.Params{User: "u", Database: "db"})
+	if err != nil {
+		t.Fatalf("Admit: %v", err)
+	}
+	t.Cleanup(pl.Leave)
+	return ps, pl
+}
+
+func acquire(t *testing.T, pl *Pool) *Lease {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l, err := pl.Acquire(ctx)
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	return l
+}
+
+var clean = ReleaseState{Clean: true, TxStatus: 'I'}
+
+// settled waits for puddle's asynchronous destroys to finish: a destroyed
+// connection leaves the totals only once its destructor has returned.
+func settled(pl *Pool, done func(Stats) bool) Stats {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		st := pl.Stats()
+		if done(st) || time.Now().After(deadline) {
+			return st
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestLimiterServesInOrderAndResizes(t *testing.T) {
+	l := limiter{size: 1}
+	if !l.tryAcquire() {
+		t.Fatal("first slot not free")
+	}
+	order := make(chan int, 2)
+	var wg sync.WaitGroup
+	for i := 1; i <= 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l.acquire(context.Background()); err == nil {
+				order <- i
+			}
+		}()
+		for _, _, waiting := l.snapshot(); waiting < i; _, _, waiting = l.snapshot() {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	l.release()
+	if got := <-order; got != 1 {
+		t.Errorf("released slot went to waiter %d, want the first", got)
+	}
+	l.resize(2)
+	wg.Wait()
+	if got := <-order; got != 2 {
+		t.Errorf("resize served waiter %d, want 2", got)
+	}
+	if size, held, waiting := l.snapshot(); size != 2 || held != 2 || waiting != 0 {
+		t.Errorf("snapshot %d/%d/%d, want 2 held of 2, none waiting", held, size, waiting)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := l.acquire(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("acquire on a full limiter: %v", err)
+	}
+	if _, _, waiting := l.snapshot(); waiting != 0 {
+		t.Errorf("a timed-out waiter stayed queued")
+	}
+}
+
+func TestAcquireTimeoutNamesTheSettings(t *testing.T) {
+	_, pl := testPools(t, Config{Size: 1, AcquireTimeout: 50 * time.Millisecond}, newFakeDialer())
+	l := acquire(t, pl)
+	defer l.Release(clean)
+	_, err := pl.Acquire(context.Background())
+	var te *AcquireTimeoutError
+	if !errors.As(err, &te) || te.Size != 1 {
+		t.Fatalf("Acquire on a full pool: %v, want an AcquireTimeoutError of size 1", err)
+	}
+	if pl.Stats().AcquireTimeouts != 1 {
+		t.Errorf("acquire timeouts = %d, want 1", pl.Stats().AcquireTimeouts)
+	}
+}
+
+func TestResizeWithoutCuttingSessions(t *testing.T) {
+	d := newFakeDialer()
+	ps, pl := testPools(t, Config{Size: 2}, d)
+	a, b := acquire(t, pl), acquire(t, pl)
+	// Grow: a third client gets a connection at once.
+	ps.Resize("", "", 3)
+	c := acquire(t, pl)
+	if got := pl.Stats().InUse; got != 3 {
+		t.Fatalf("in use %d, want 3", got)
+	}
+	// Shrink below what is leased: nothing is cut, the surplus closes as
+	// it is released.
+	ps.Resize("db", "u", 1)
+	if got := d.openCount(); got != 3 {
+		t.Fatalf("%d connections open after shrinking with 3 leased, want 3", got)
+	}
+	for _, l := range []*Lease{a, b, c} {
+		if _, err := l.Conn().Exec(context.Background(), "select 1"); err != nil {
+			t.Fatalf("a leased connection stopped working after the shrink: %v", err)
+		}
+		l.Release(clean)
+	}
+	st := settled(pl, func(st Stats) bool { return st.Total == 1 })
+	if st.Total != 1 || st.Size != 1 || st.Closed["resize"] != 2 {
+		t.Errorf("after releasing: total %d size %d closed %v; want 1, 1, 2 for resize", st.Total, st.Size, st.Closed)
+	}
+	// Shrink with idle connections: the janitor closes them.
+	ps.Resize("", "", 3)
+	x, y, z := acquire(t, pl), acquire(t, pl), acquire(t, pl)
+	for _, l := range []*Lease{x, y, z} {
+		l.Release(clean)
+	}
+	ps.Resize("", "", 1)
+	if st := settled(pl, func(st Stats) bool { return st.Total == 1 }); st.Total != 1 || st.Idle != 1 {
+		t.Errorf("after shrinking an idle pool: total %d idle %d, want 1 and 1", st.Total, st.Idle)
+	}
+}
+
+func TestLifetimeJitterSpreadsRetirement(t *testing.T) {
+	jitter := 10 * time.Minute
+	_, pl := testPools(t, Config{Size: 20, MaxConnLifetime: time.Hour, LifetimeJitter: &jitter}, newFakeDialer())
+	var leases []*Lease
+	for i := 0; i < 20; i++ {
+		leases = append(leases, acquire(t, pl))
+	}
+	distinct := map[int64]bool{}
+	for _, l := range leases {
+		c := l.conn
+		retire := time.Unix(0, c.retireAt.Load())
+		earliest, latest := c.Created().Add(50*time.Minute), c.Created().Add(time.Hour)
+		if retire.Before(earliest) || retire.After(latest) {
+			t.Errorf("retireAt %s outside [created+50m, created+60m]", retire.Sub(c.Created()))
+		}
+		distinct[c.retireAt.Load()] = true
+		l.Release(clean)
+	}
+	if len(distinct) < 10 {
+		t.Errorf("20 connections share %d retirement times: the jitter does not spread them", len(distinct))
+	}
+}
+
+func TestTokenHorizonRetiresAhead(t *testing.T) {
+	d := newFakeDialer()
+	d.horizon = 300 * time.Millisecond
+	_, pl := testPools(t, Config{Size: 2, MaxConnLifetime: time.Hour}, d)
+	l := acquire(t, pl)
+	c := l.conn
+	if until := c.CredentialUseUntil(); time.Unix(0, c.retireAt.Load()).After(until) {
+		t.Errorf("retireAt is after the credential's horizon")
+	}
+	l.Release(clean)
+	d.horizon = time.Hour // the replacement gets a fresh credential
+	time.Sleep(350 * time.Millisecond)
+	pl.maintain()
+	st := pl.Stats()
+	if st.Retired < 1 || st.Closed["lifetime"] < 1 {
+		t.Fatalf("after the horizon: retired %d, closed %v; want the connection retired", st.Retired, st.Closed)
+	}
+	// The replacement was made ahead, so the next client waits for no dial.
+	l2 := acquire(t, pl)
+	if l2.conn == c {
+		t.Errorf("a connection past its credential's horizon was handed out")
+	}
+	l2.Release(clean)
+}
+
+func TestMinIdleAndIdleTimeout(t *testing.T) {
+	d := newFakeDialer()
+	_, pl := testPools(t, Config{Size: 4, MinIdle: 2, MaxConnIdleTime: 100 * time.Millisecond}, d)
+	pl.maintain()
+	if st := pl.Stats(); st.Idle != 2 {
+		t.Fatalf("idle %d, want GATEKEEPER_POOL_MIN_IDLE=2", st.Idle)
+	}
+	// Four in use, then idle past the idle time: back down to MinIdle.
+	var leases []*Lease
+	for i := 0; i < 4; i++ {
+		leases = append(leases, acquire(t, pl))
+	}
+	for _, l := range leases {
+		l.Release(clean)
+	}
+	time.Sleep(150 * time.Millisecond)
+	pl.maintain()
+	if st := settled(pl, func(st Stats) bool { return st.Total == 2 }); st.Total != 2 || st.Closed["idle"] != 2 {
+		t.Errorf("after the idle time: total %d closed %v, want 2 kept and 2 closed for idle", st.Total, st.Closed)
+	}
+}
+
+func TestReleaseStates(t *testing.T) {
+	d := newFakeDialer()
+	_, pl := testPools(t, Config{Size: 1}, d)
+	for _, tc := range []struct {
+		name   string
+		st     ReleaseState
+		closed string // reason, or "" when the connection is kept
+	}{
+		{"clean", clean, ""},
+		{"broken", ReleaseState{Broken: true}, "backend-gone"},
+		{"left mid-request", ReleaseState{Clean: false, TxStatus: 'I'}, "client-gone"},
+		{"session state no reset removes", ReleaseState{Clean: true, TxStatus: 'I', Discard: true}, "session-state"},
+	} {
+		before := pl.Stats().Closed[tc.closed]
+		l := acquire(t, pl)
+		l.Release(tc.st)
+		if tc.closed == "" {
+			if st := pl.Stats(); st.Idle != 1 {
+				t.Errorf("%s: idle %d, want the connection kept", tc.name, st.Idle)
+			}
+			continue
+		}
+		if got := pl.Stats().Closed[tc.closed]; got != before+1 {
+			t.Errorf("%s: closed for %s %d times, want %d", tc.name, tc.closed, got, before+1)
+		}
+	}
+}
