@@ -92,9 +92,6 @@ func NewDialer(cfg Config, tokens TokenSource) (*Dialer, error) {
 	return &Dialer{cfg: cfg, tls: tlsConfig, tokens: tokens, base: base}, nil
 }
 
-// Config returns the configuration the dialer was built with.
-func (d *Dialer) Config() Config { return d.cfg }
-
 // TokenMode reports whether connections authenticate with a minted token.
 func (d *Dialer) TokenMode() bool { return d.tokens != nil }
 

@@ -37,16 +37,6 @@ func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) 
 	return c.readUntilReady(1)
 }
 
-// Drain reads and discards responses until n more ReadyForQuery messages
-// have arrived (responses the client no longer waits for).
-func (c *Conn) Drain(ctx context.Context, n int) (txStatus byte, err error) {
-	if deadline, ok := ctx.Deadline(); ok {
-		_ = c.netConn.SetDeadline(deadline)
-		defer c.netConn.SetDeadline(time.Time{})
-	}
-	return c.readUntilReady(n)
-}
-
 func (c *Conn) readUntilReady(n int) (byte, error) {
 	var firstErr error
 	var hdr [5]byte

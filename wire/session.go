@@ -229,10 +229,8 @@ func (ss *session) refuse(err error) {
 	ss.send(resp)
 }
 
-// serve waits for the client's first message and only then takes a backend
-// from the pool, so a connected client that says nothing holds none; the
-// backend then stays attached until the session ends.
-// awaitFirst waits for the client's first bytes, with the least stack.
+// awaitFirst waits for the client's first bytes, with the least stack: a
+// connected client that says nothing holds no backend.
 //
 //go:noinline
 func (ss *session) awaitFirst() ([]byte, error) {
