@@ -18,6 +18,10 @@ import (
 // the presigned URL says X-Amz-Expires=900.
 const RDSTokenLifetime = 15 * time.Minute
 
+// minCredsLife is how long role credentials must still be valid to sign
+// with them; with less left they are fetched afresh.
+const minCredsLife = 5 * time.Minute
+
 // awsRDSProvider signs RDS IAM authentication tokens in-process with the
 // SDK's default credential chain: environment, shared config and SSO, web
 // identity (EKS IRSA), EKS Pod Identity and ECS container credentials, EC2
@@ -62,6 +66,16 @@ func (p *awsRDSProvider) MintTimed(ctx context.Context, t Target) (string, time.
 	creds, err := p.cfg.Credentials.Retrieve(ctx)
 	if err != nil {
 		return "", time.Time{}, providerError(ProviderAWSRDS, fmt.Errorf("getting AWS credentials: %w", err))
+	}
+	// The SDK's cache hands out role credentials until the moment they
+	// expire, and a token is worth nothing after its credentials expire: a
+	// token signed in their last minutes could not be used. Fetch fresh
+	// ones instead (IRSA, ECS and instance roles all allow it).
+	if inv, ok := p.cfg.Credentials.(interface{ Invalidate() }); ok && creds.CanExpire && time.Until(creds.Expires) < minCredsLife {
+		inv.Invalidate()
+		if creds, err = p.cfg.Credentials.Retrieve(ctx); err != nil {
+			return "", time.Time{}, providerError(ProviderAWSRDS, fmt.Errorf("getting AWS credentials: %w", err))
+		}
 	}
 	start := time.Now()
 	endpoint := net.JoinHostPort(t.Host, strconv.Itoa(t.Port))

@@ -2,10 +2,7 @@ package token
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,11 +11,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/querycop/querycop/internal/testkit"
 )
 
 // isolateClouds points every cloud SDK's files and endpoints away from the
@@ -50,53 +48,15 @@ func isolateClouds(t *testing.T) {
 	}
 }
 
-// sigV4 recomputes the signature of a presigned RDS token from the secret
-// key, following the published SigV4 algorithm rather than the SDK.
+// sigV4 recomputes a presigned token's signature with testkit, which
+// follows the published SigV4 algorithm rather than the SDK.
 func sigV4(t *testing.T, token, secret string) (got, want string) {
 	t.Helper()
-	hostPort, rawQuery, ok := strings.Cut(token, "?")
-	if !ok {
-		t.Fatalf("token %q is not host:port?query", token)
-	}
-	q, err := url.ParseQuery(rawQuery)
+	tok, err := testkit.ParseRDSToken(token)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("token %q: %v", token, err)
 	}
-	got = q.Get("X-Amz-Signature")
-	q.Del("X-Amz-Signature")
-	var keys []string
-	for k := range q {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var pairs []string
-	enc := func(s string) string {
-		return strings.ReplaceAll(url.QueryEscape(s), "+", "%20")
-	}
-	for _, k := range keys {
-		pairs = append(pairs, enc(k)+"="+enc(q.Get(k)))
-	}
-	emptySHA := sha256.Sum256(nil)
-	canonical := strings.Join([]string{
-		"GET", "/", strings.Join(pairs, "&"),
-		"host:" + hostPort + "\n", "host", hex.EncodeToString(emptySHA[:]),
-	}, "\n")
-	date := q.Get("X-Amz-Date")
-	cred := strings.SplitN(q.Get("X-Amz-Credential"), "/", 2)
-	scope := cred[1]
-	sum := sha256.Sum256([]byte(canonical))
-	toSign := strings.Join([]string{"AWS4-HMAC-SHA256", date, scope, hex.EncodeToString(sum[:])}, "\n")
-	mac := func(key []byte, s string) []byte {
-		h := hmac.New(sha256.New, key)
-		h.Write([]byte(s))
-		return h.Sum(nil)
-	}
-	parts := strings.Split(scope, "/") // date/region/service/aws4_request
-	k := mac([]byte("AWS4"+secret), parts[0])
-	for _, p := range parts[1:] {
-		k = mac(k, p)
-	}
-	return got, hex.EncodeToString(mac(k, toSign))
+	return tok.Signature(secret)
 }
 
 func TestAWSRDSTokenFormAndSignature(t *testing.T) {
@@ -145,6 +105,13 @@ func TestAWSRDSTokenFormAndSignature(t *testing.T) {
 	got, want := sigV4(t, tok, secret)
 	if got == "" || got != want {
 		t.Errorf("signature %q, recomputed %q", got, want)
+	}
+	secretOf := func(k string) (string, bool) { return secret, k == akid }
+	if err := testkit.VerifyRDSToken(tok, "db.cluster-x.eu-west-3.rds.amazonaws.com:6432", "iam user+1", secretOf, time.Now()); err != nil {
+		t.Errorf("token does not verify as RDS would: %v", err)
+	}
+	if err := testkit.VerifyRDSToken(tok, "db.cluster-x.eu-west-3.rds.amazonaws.com:5432", "iam user+1", secretOf, time.Now()); err == nil {
+		t.Error("a token verified for another port")
 	}
 	// A wrong key must not verify: the check above can fail.
 	if _, other := sigV4(t, tok, secret+"x"); other == got {

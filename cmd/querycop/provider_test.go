@@ -7,16 +7,20 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/querycop/querycop/internal/pgtest"
 	"github.com/querycop/querycop/internal/testkit"
@@ -405,5 +409,254 @@ func TestWorkloadIdentityManifests(t *testing.T) {
 		if strings.Contains(doc, "GATEKEEPER_BACKEND_TOKEN_CMD") || strings.Contains(doc, "WITH_AZURE_CLI") {
 			t.Errorf("%s uses the token command; the point is the provider without a CLI", file)
 		}
+	}
+}
+
+// rdsStandIn stands in for an RDS endpoint with IAM authentication in front
+// of the test cluster: it speaks PostgreSQL's start-up and TLS, asks for the
+// password in cleartext as RDS does, verifies the token as RDS would (its
+// SigV4 signature with the issuing key's secret, the host:port and user it
+// was signed for, its age; testkit.VerifyRDSToken), and only then logs in to
+// the real cluster as that role with the role's own password and splices
+// the two connections. So the login through the gateway is a real one, and
+// a token the real RDS would refuse is refused.
+type rdsStandIn struct {
+	ln       net.Listener
+	hostPort string // what tokens must be signed for
+	tls      *tls.Config
+	cluster  *pgtest.Cluster
+	password string // the role's password on the cluster
+	secretOf func(accessKey string) (string, bool)
+
+	logins  atomic.Int32
+	refused atomic.Int32
+	mu      sync.Mutex
+	errs    []string
+}
+
+func startRDSStandIn(t *testing.T, c *pgtest.Cluster, password string, secretOf func(string) (string, bool)) *rdsStandIn {
+	t.Helper()
+	dir := t.TempDir()
+	certFile, keyFile, err := c.CA.Issue(dir, "rds-standin", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &rdsStandIn{ln: ln, hostPort: fmt.Sprintf("localhost:%d", ln.Addr().(*net.TCPAddr).Port),
+		tls: &tls.Config{Certificates: []tls.Certificate{cert}}, cluster: c, password: password, secretOf: secretOf}
+	var wg sync.WaitGroup
+	conns := map[net.Conn]bool{}
+	var connsMu sync.Mutex
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			connsMu.Lock()
+			conns[conn] = true
+			connsMu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.serve(conn)
+				connsMu.Lock()
+				delete(conns, conn)
+				connsMu.Unlock()
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		connsMu.Lock()
+		for conn := range conns {
+			conn.Close()
+		}
+		connsMu.Unlock()
+		wg.Wait()
+	})
+	return s
+}
+
+func (s *rdsStandIn) refuse(be *pgproto3.Backend, user string, why error) {
+	s.refused.Add(1)
+	s.mu.Lock()
+	s.errs = append(s.errs, why.Error())
+	s.mu.Unlock()
+	be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "28000",
+		Message: fmt.Sprintf("PAM authentication failed for user %q", user)})
+	_ = be.Flush()
+}
+
+func (s *rdsStandIn) serve(conn net.Conn) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	be := pgproto3.NewBackend(conn, conn)
+	msg, err := be.ReceiveStartupMessage()
+	if _, ok := msg.(*pgproto3.SSLRequest); err != nil || !ok {
+		return // only TLS: an IAM token must never cross in plaintext
+	}
+	if _, err := conn.Write([]byte("S")); err != nil {
+		return
+	}
+	tc := tls.Server(conn, s.tls)
+	if err := tc.Handshake(); err != nil {
+		return
+	}
+	be = pgproto3.NewBackend(tc, tc)
+	msg, err = be.ReceiveStartupMessage()
+	sm, ok := msg.(*pgproto3.StartupMessage)
+	if err != nil || !ok {
+		return
+	}
+	user, db := sm.Parameters["user"], sm.Parameters["database"]
+	be.Send(&pgproto3.AuthenticationCleartextPassword{})
+	if be.Flush() != nil {
+		return
+	}
+	msg, err = be.Receive()
+	pw, ok := msg.(*pgproto3.PasswordMessage)
+	if err != nil || !ok {
+		return
+	}
+	if err := testkit.VerifyRDSToken(pw.Password, s.hostPort, user, s.secretOf, time.Now()); err != nil {
+		s.refuse(be, user, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s sslmode=disable", s.cluster.Port, db))
+	if err != nil {
+		s.refuse(be, user, err)
+		return
+	}
+	cfg.User, cfg.Password = user, s.password
+	for k, v := range sm.Parameters {
+		if k != "user" && k != "database" {
+			cfg.RuntimeParams[k] = v
+		}
+	}
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		s.refuse(be, user, err)
+		return
+	}
+	hj, err := pc.Hijack()
+	if err != nil {
+		s.refuse(be, user, err)
+		return
+	}
+	defer hj.Conn.Close()
+	s.logins.Add(1)
+	be.Send(&pgproto3.AuthenticationOk{})
+	for k, v := range hj.ParameterStatuses {
+		be.Send(&pgproto3.ParameterStatus{Name: k, Value: v})
+	}
+	be.Send(&pgproto3.BackendKeyData{ProcessID: hj.PID, SecretKey: hj.SecretKey})
+	be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	if be.Flush() != nil {
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	done := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(hj.Conn, tc)
+		hj.Conn.Close()
+		close(done)
+	}()
+	_, _ = io.Copy(tc, hj.Conn)
+	tc.Close()
+	<-done
+}
+
+// TestProviderAWSRDSThroughStandIn: the aws-rds provider with EKS's web
+// identity (a projected token file exchanged at a local STS) signs tokens
+// that an RDS stand-in verifies before it logs in to the test cluster. The
+// role credentials last 45s, so the provider must fetch new ones as they
+// near their end, and tokens never outlive the credentials that signed them.
+func TestProviderAWSRDSThroughStandIn(t *testing.T) {
+	c := pgtest.Require(t)
+	const role, password = "rds_app", "rds-app-cluster-password"
+	createTokenRole(t, c, role, password)
+
+	var mu sync.Mutex
+	secrets := map[string]string{}
+	secretOf := func(k string) (string, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		s, ok := secrets[k]
+		return s, ok
+	}
+	var issued atomic.Int32
+	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		if r.Form.Get("Action") != "AssumeRoleWithWebIdentity" || r.Form.Get("WebIdentityToken") != "eks-projected-token" {
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>no</Message></Error></ErrorResponse>`)
+			return
+		}
+		n := issued.Add(1)
+		akid, secret := fmt.Sprintf("ASIASTANDIN%04d", n), fmt.Sprintf("secret-%d-for-the-stand-in", n)
+		mu.Lock()
+		secrets[akid] = secret
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/xml")
+		fmt.Fprintf(w, `<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleWithWebIdentityResult>
+<Credentials><AccessKeyId>%s</AccessKeyId><SecretAccessKey>%s</SecretAccessKey><SessionToken>session-%d</SessionToken><Expiration>%s</Expiration></Credentials>
+<AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/querycop/s</Arn><AssumedRoleId>AROA:s</AssumedRoleId></AssumedRoleUser>
+</AssumeRoleWithWebIdentityResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>`,
+			akid, secret, n, time.Now().Add(providerTTL+5*time.Second).UTC().Format(time.RFC3339))
+	}))
+	defer sts.Close()
+	rds := startRDSStandIn(t, c, password, secretOf)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("eks-projected-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startQuerycop(t, c, providerEnv(c, "aws-rds",
+		"GATEKEEPER_BACKEND_PORT="+strings.TrimPrefix(rds.hostPort, "localhost:"),
+		"GATEKEEPER_BACKEND_TOKEN_AWS_REGION=eu-north-1",
+		"AWS_ROLE_ARN=arn:aws:iam::123456789012:role/querycop",
+		"AWS_WEB_IDENTITY_TOKEN_FILE="+tokenFile,
+		"AWS_ENDPOINT_URL_STS="+sts.URL,
+		"AWS_EC2_METADATA_DISABLED=true",
+		"AWS_CONFIG_FILE="+filepath.Join(c.Dir, "no-aws-config"),
+		"AWS_SHARED_CREDENTIALS_FILE="+filepath.Join(c.Dir, "no-aws-credentials"))...)
+
+	// A token serves logins until its credentials' end less the login
+	// safety: 45s-32s = 13s. Three such windows and more.
+	d := 3*13*time.Second + 2*time.Second
+	ok, failures := churn(t, p, role, d)
+	if len(failures) > 0 {
+		t.Errorf("%d of %d connections refused:\n%s", len(failures), ok+len(failures), strings.Join(failures, "\n"))
+	}
+	if ok < 20 || rds.logins.Load() < 3 {
+		t.Errorf("%d connections, %d logins through the RDS stand-in", ok, rds.logins.Load())
+	}
+	if n := rds.refused.Load(); n > 0 {
+		rds.mu.Lock()
+		t.Errorf("the RDS stand-in refused %d tokens: %v", n, rds.errs)
+		rds.mu.Unlock()
+	}
+	// Credentials of 45s: new ones for every usable window at least.
+	if n := issued.Load(); n < 3 {
+		t.Errorf("STS issued %d credentials over %s; the provider kept signing with ageing ones", n, d)
+	}
+	status, body := p.get(t, "/v1/token")
+	var v struct {
+		Provider string `json:"provider"`
+	}
+	if status != http.StatusOK || json.Unmarshal(body, &v) != nil || v.Provider != "aws-rds" || strings.Contains(string(body), "X-Amz-Signature") {
+		t.Errorf("/v1/token: %d %s", status, body)
+	}
+	if out := p.stderr.String(); strings.Contains(out, "X-Amz-Signature") || strings.Contains(out, "for-the-stand-in") {
+		t.Error("the gateway logged a token or a secret key")
 	}
 }
