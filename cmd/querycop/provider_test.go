@@ -121,9 +121,11 @@ func checkProviderRun(t *testing.T, p *process, provider, role, tok string, hits
 	if ok < 20 {
 		t.Errorf("only %d connections made", ok)
 	}
-	// Three usable windows and more: at least four tokens.
-	if n := hits.Load(); n < 4 {
-		t.Errorf("the identity endpoint was asked %d times over %s; tokens were not refreshed", n, d)
+	// Three usable windows and more: at least four tokens; and a bounded
+	// number of requests (one per 80% of a window, with some slack), not
+	// one per connection.
+	if n := hits.Load(); n < 4 || n > 12 {
+		t.Errorf("the identity endpoint was asked %d times over %s; want 4 to 12", n, d)
 	}
 	status, body := p.get(t, "/v1/token")
 	var v struct {
@@ -272,10 +274,15 @@ func TestProviderGCPMetadataServer(t *testing.T) {
 	role := "querycop@proj-e2e.iam"
 	tok := "ya29.e2e-metadata-token-for-querycop"
 	createTokenRole(t, c, role, tok)
-	var hits atomic.Int32
-	srv := gceStandIn(t, tok, &hits)
-	p := startQuerycop(t, c, providerEnv(c, "gcp", "GCE_METADATA_HOST="+strings.TrimPrefix(srv.URL, "http://"))...)
-	checkProviderRun(t, p, "gcp", role, tok, &hits)
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) {
+			var hits atomic.Int32
+			srv := gceStandIn(t, tok, &hits)
+			p := startQuerycop(t, c, providerEnv(c, "gcp", "GCE_METADATA_HOST="+strings.TrimPrefix(srv.URL, "http://"),
+				"GATEKEEPER_POOL_MODE="+mode)...)
+			checkProviderRun(t, p, "gcp", role, tok, &hits)
+		})
+	}
 }
 
 // TestProviderStartupRefusals: a provider needs TLS like the command, and a
