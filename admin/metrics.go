@@ -24,6 +24,7 @@ type collector struct {
 	paused, readyDesc, probes                                 *prometheus.Desc
 	transactions, queries, backendWait, backendHeld, prepared *prometheus.Desc
 	txPins, txPinned                                          *prometheus.Desc
+	logins, authQuery                                         *prometheus.Desc
 }
 
 func newCollector(deps Deps, ready func(context.Context) bool) *collector {
@@ -63,6 +64,8 @@ func newCollector(deps Deps, ready func(context.Context) bool) *collector {
 		backendHeld:      d("backend_held_seconds_total", "Transaction mode: time clients held backend connections."),
 		txPins:           d("tx_pins_total", "Transaction mode: clients pinned to their backend until they disconnect, by reason (session state the gateway cannot carry).", "reason"),
 		txPinned:         d("tx_pinned_clients", "Transaction mode: clients pinned to their backend now."),
+		logins:           d("client_logins_total", "Clients that logged in, by how the client leg authenticated (scram-sha-256-plus, scram-sha-256, md5, cleartext, none).", "method"),
+		authQuery:        d("auth_query_lookups_total", "Auth query (GATEKEEPER_AUTH_USER) lookups, by result (cached, scram, no_scram, not_found, failed).", "result"),
 		prepared:         d("prepared_statements_total", "Transaction mode: prepared statement uses, by result (hit: already on the backend, miss: prepared there first, eviction: closed to stay within GATEKEEPER_MAX_PREPARED_STATEMENTS).", "result"),
 	}
 }
@@ -138,6 +141,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.prepared, float64(st.PreparedStatementHits), "hit")
 		counter(c.prepared, float64(st.PreparedStatementMisses), "miss")
 		counter(c.prepared, float64(st.PreparedStatementEvictions), "eviction")
+		for method, n := range st.Logins {
+			counter(c.logins, float64(n), method)
+		}
+		for result, n := range st.AuthQuery {
+			counter(c.authQuery, float64(n), result)
+		}
 		for reason, n := range st.Pins {
 			counter(c.txPins, float64(n), reason)
 		}

@@ -35,6 +35,9 @@ type SCRAMKeys struct {
 	ServerKey  []byte
 	Salt       []byte
 	Iterations int
+	// ChannelBound records that the client's own exchange used
+	// SCRAM-SHA-256-PLUS (for metrics; the backend login decides its own).
+	ChannelBound bool
 }
 
 // VerifierMismatchError is a login with SCRAMKeys that the server refused

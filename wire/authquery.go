@@ -93,13 +93,42 @@ type authQuery struct {
 	mu       sync.Mutex
 	entries  map[string]*authQueryEntry // guarded by mu
 	lastWarn time.Time                  // guarded by mu
+	counts   map[string]int64           // lookups by result; guarded by mu
+}
+
+// authQueryResults label querycop_auth_query_lookups_total: "cached" was
+// answered without a query (or by another login's), the others are what a
+// query found.
+var authQueryResults = []string{"cached", "scram", "no_scram", "not_found", "failed"}
+
+func (r authQueryResult) label() string {
+	switch {
+	case r.err != nil:
+		return "failed"
+	case r.verifier != nil:
+		return "scram"
+	case r.found:
+		return "no_scram"
+	}
+	return "not_found"
+}
+
+// stats returns the lookups by result.
+func (aq *authQuery) stats() map[string]int64 {
+	aq.mu.Lock()
+	defer aq.mu.Unlock()
+	out := make(map[string]int64, len(authQueryResults))
+	for _, r := range authQueryResults {
+		out[r] = aq.counts[r]
+	}
+	return out
 }
 
 func newAuthQuery(cfg Config, d BackendDialer, password func() string, log zerolog.Logger) *authQuery {
 	return &authQuery{
 		dialer: d, user: cfg.AuthUser, password: password, database: cfg.AuthDatabase,
 		query: cfg.AuthQuery, ttl: cfg.AuthQueryCacheTTL, queryTimeout: cfg.LoginTimeout,
-		log: log, entries: map[string]*authQueryEntry{}, connSem: make(chan struct{}, 1),
+		log: log, entries: map[string]*authQueryEntry{}, connSem: make(chan struct{}, 1), counts: map[string]int64{},
 	}
 }
 
@@ -125,6 +154,7 @@ func (aq *authQuery) lookup(ctx context.Context, user string) authQueryResult {
 		res := aq.fetch(user)
 		aq.mu.Lock()
 		e.res, e.at = res, time.Now()
+		aq.counts[res.label()]++
 		aq.mu.Unlock()
 		close(e.ready)
 		return res
@@ -133,6 +163,7 @@ func (aq *authQuery) lookup(ctx context.Context, user string) authQueryResult {
 	case <-e.ready:
 		aq.mu.Lock()
 		defer aq.mu.Unlock()
+		aq.counts["cached"]++
 		return e.res
 	case <-ctx.Done():
 		return authQueryResult{err: &clientError{fatal(codeCannotConnect, "gave up waiting for the auth query"), "auth-query-failed"}}

@@ -17,7 +17,23 @@ import (
 type clientCredential struct {
 	password string
 	scram    *backend.SCRAMKeys
+	// method is how the client leg authenticated, for the metrics: one
+	// of loginMethods.
+	method string
 }
+
+// loginMethods label querycop_client_logins_total: how clients proved who
+// they are. "cleartext" is the one to watch: a password that crossed the
+// client leg as typed.
+var loginMethods = []string{methodSCRAMPlus, methodSCRAM, methodMD5, methodCleartext, methodNone}
+
+const (
+	methodSCRAMPlus = "scram-sha-256-plus"
+	methodSCRAM     = "scram-sha-256"
+	methodMD5       = "md5"
+	methodCleartext = "cleartext"
+	methodNone      = "none" // token mode without an auth file or auth query
+)
 
 // authenticateKnown checks the client against a verifier the gateway
 // holds: its GATEKEEPER_CLIENT_AUTH_FILE entry or, for a user not in the

@@ -36,7 +36,7 @@ const (
 // one, or the SCRAM keys recovered from the client's proof.
 func (ss *session) authenticateFromFile(user string, entry *authEntry) (clientCredential, error) {
 	if entry != nil && entry.md5 != "" {
-		return clientCredential{}, ss.md5Exchange(entry.md5)
+		return clientCredential{method: methodMD5}, ss.md5Exchange(entry.md5)
 	}
 	verifier := (*scramVerifier)(nil)
 	if entry != nil {
@@ -52,10 +52,14 @@ func (ss *session) authenticateFromFile(user string, entry *authEntry) (clientCr
 	if entry == nil {
 		return clientCredential{}, errBadPassword
 	}
-	if entry.plain != "" {
-		return clientCredential{password: entry.plain}, nil
+	method := methodSCRAM
+	if keys.ChannelBound {
+		method = methodSCRAMPlus
 	}
-	return clientCredential{scram: keys}, nil
+	if entry.plain != "" {
+		return clientCredential{password: entry.plain, method: method}, nil
+	}
+	return clientCredential{scram: keys, method: method}, nil
 }
 
 // decoyVerifier stands in for a user the gateway has no verifier for: the
@@ -177,7 +181,7 @@ func (ss *session) scramExchange(v *scramVerifier) (*backend.SCRAMKeys, error) {
 	if err := ss.writeMsg(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)}); err != nil {
 		return nil, err
 	}
-	return &backend.SCRAMKeys{ClientKey: clientKey, ServerKey: v.serverKey, Salt: v.salt, Iterations: v.iterations}, nil
+	return &backend.SCRAMKeys{ClientKey: clientKey, ServerKey: v.serverKey, Salt: v.salt, Iterations: v.iterations, ChannelBound: plus}, nil
 }
 
 // splitGS2 splits "n,,n=user,r=nonce" into the GS2 header ("n,,") and the

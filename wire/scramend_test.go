@@ -181,6 +181,10 @@ func TestSCRAMEndToEndAuthFile(t *testing.T) {
 
 	loginsAs(t, c, g, user, e2ePass)
 	serverSawSCRAM(t, c, user)
+	// pgx and psql bound their channel; pgconn had no TLS to bind to.
+	if l := g.srv.Stats().Logins; l["scram-sha-256-plus"] != 2 || l["scram-sha-256"] != 1 || l["cleartext"] != 0 {
+		t.Errorf("logins by method = %v, want 2 scram-sha-256-plus, 1 scram-sha-256, no cleartext", l)
+	}
 
 	_, err := g.connect(t, user, "wrong")
 	wantPgError(t, err, "28P01", fmt.Sprintf("password authentication failed for user %q", user))
@@ -249,6 +253,9 @@ func TestSCRAMEndToEndAuthQuery(t *testing.T) {
 		conn := g.mustConnect(t, pgtest.UserMD5, pgtest.PassMD5)
 		if got := queryValue(t, conn, "select current_user"); got != pgtest.UserMD5 {
 			t.Errorf("current_user = %s", got)
+		}
+		if l := g.srv.Stats().Logins; l["cleartext"] != 1 {
+			t.Errorf("logins by method = %v, want this one as the only cleartext", l)
 		}
 		_, err := g.connect(t, pgtest.UserMD5, pgtest.PassMD5, "require_auth=scram-sha-256")
 		if err == nil {
@@ -438,5 +445,9 @@ func TestAuthQueryCache(t *testing.T) {
 		if calls[name] != 1 {
 			t.Errorf("the auth query ran %d times for %s, want 1 (calls: %v)", calls[name], name, calls)
 		}
+	}
+	st := g.srv.Stats().AuthQuery
+	if st["scram"] != 1 || st["not_found"] != 2 || st["cached"] < 7 || st["failed"] != 0 {
+		t.Errorf("lookups by result = %v, want 1 scram, 2 not_found, the rest cached", st)
 	}
 }

@@ -179,7 +179,8 @@ func (ss *session) run() {
 		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client closed during handoff")
 		return
 	}
-	ss.log.Debug().Bool("tls", ss.tls).Msg("client authenticated")
+	ss.srv.counters.login(cred.method)
+	ss.log.Debug().Bool("tls", ss.tls).Str("method", cred.method).Msg("client authenticated")
 	ss.setView(func(v *ClientInfo) { v.State = "idle" })
 
 	handedOver = true
@@ -449,7 +450,7 @@ func (ss *session) authenticate(user string) (clientCredential, error) {
 		return cred, err
 	}
 	if ss.srv.tokenMode {
-		return clientCredential{}, nil
+		return clientCredential{method: methodNone}, nil
 	}
 	buf, _ := (&pgproto3.AuthenticationCleartextPassword{}).Encode(nil)
 	if _, err := ss.conn.Write(buf); err != nil {
@@ -471,7 +472,7 @@ func (ss *session) authenticate(user string) (clientCredential, error) {
 	if len(body) == 0 || body[len(body)-1] != 0 {
 		return clientCredential{}, protocolErrorf("invalid password packet")
 	}
-	return clientCredential{password: string(body[:len(body)-1])}, nil
+	return clientCredential{password: string(body[:len(body)-1]), method: methodCleartext}, nil
 }
 
 // failStartup answers a start-up failure where the protocol allows it and

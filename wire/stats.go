@@ -44,6 +44,12 @@ type Stats struct {
 	// is how many are pinned now.
 	Pins          map[string]int64 `json:"pins_by_reason"`
 	PinnedClients int64            `json:"pinned_clients"`
+
+	// Logins counts clients authenticated, by the method the client leg
+	// used (see loginMethods); AuthQuery counts auth query lookups by
+	// result (see authQueryResults), nil without GATEKEEPER_AUTH_USER.
+	Logins    map[string]int64 `json:"logins_by_method"`
+	AuthQuery map[string]int64 `json:"auth_query_lookups_by_result,omitempty"`
 }
 
 // relayCounters are kept per session, so the relay's hot path never
@@ -78,6 +84,16 @@ type serverCounters struct {
 	mu      sync.Mutex
 	refused map[string]int64
 	pins    map[string]int64
+	logins  map[string]int64
+}
+
+func (c *serverCounters) login(method string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.logins == nil {
+		c.logins = map[string]int64{}
+	}
+	c.logins[method]++
 }
 
 func (c *serverCounters) pin(reason pinReason) {
@@ -130,7 +146,14 @@ func (s *Server) Stats() Stats {
 	for k, v := range s.counters.pins {
 		st.Pins[k] = v
 	}
+	st.Logins = make(map[string]int64, len(loginMethods))
+	for _, m := range loginMethods {
+		st.Logins[m] = s.counters.logins[m]
+	}
 	s.counters.mu.Unlock()
+	if s.authQuery != nil {
+		st.AuthQuery = s.authQuery.stats()
+	}
 	return st
 }
 
