@@ -1,0 +1,500 @@
+package wire
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/querycop/querycop/pool"
+)
+
+// Transaction mode, the backend side of an attachment: taking a backend
+// for a transaction (attach), reading its answers (inline on the client's
+// goroutine, or on a pump goroutine of its own), acting on the replies the
+// gateway tracks (consume, onReply), and giving the backend back when the
+// transaction ends or the client leaves (endAttachment, finish).
+
+// attach takes a backend from the pool for the client's next transaction
+// and brings its settings in line with the client's.
+func (tx *txSession) attach() (*attachment, error) {
+	ss := tx.ss
+	if !ss.beginTx() {
+		return nil, errShuttingDown
+	}
+	start := time.Now()
+	lease, err := tx.pl.Acquire(ss.srv.ctx)
+	if err != nil {
+		return nil, err
+	}
+	ss.rc.waitNanos.Add(int64(time.Since(start)))
+	conn := lease.Conn()
+	state := stateOf(conn)
+	if state.settingsFP != tx.fp || state.settings == nil {
+		if q := settingsDiff(state.settings, tx.settings); q != "" {
+			ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
+			_, err := conn.Exec(ctx, q)
+			cancel()
+			if err != nil {
+				var pgErr *pgconn.PgError
+				if errors.As(err, &pgErr) {
+					lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
+					return nil, &settingsError{pgErr}
+				}
+				lease.Release(pool.ReleaseState{Broken: true})
+				return nil, err
+			}
+		}
+		state.settings = cloneMap(tx.settings)
+		state.settingsFP = tx.fp
+	}
+	att := &attachment{lease: lease, conn: conn.NetConn(), state: state, since: time.Now(),
+		txStatus: 'I', lastSettled: true,
+		rbuf: relayBufs.Get().(*[]byte), obuf: relayBufs.Get().(*[]byte)}
+	att.hold = att.holdArr[:0]
+	tx.mu.Lock()
+	tx.att = att
+	tx.mu.Unlock()
+	ss.lease.Store(lease)
+	ss.rc.transactions.Add(1)
+	return att, nil
+}
+
+// startPump gives the attachment's backend side a goroutine of its own,
+// before the client side blocks reading the client: from then on the
+// backend is relayed as it speaks (results of an unsynced Flush, COPY,
+// notices and errors while the client is idle in a transaction).
+func (tx *txSession) startPump() {
+	tx.mu.Lock()
+	att := tx.att
+	start := att != nil && !att.pumping
+	if start {
+		att.pumping = true
+		att.done = make(chan error, 1)
+	}
+	tx.mu.Unlock()
+	if start {
+		go func() { att.done <- tx.pumpBackend(att) }()
+	}
+}
+
+// inlineWait bounds how long the client side waits for answers on its own
+// goroutine before it hands the backend side to a goroutine and goes back
+// to watching the client: a client that disconnects during a long query
+// is noticed (and its query cancelled) at most this late.
+const inlineWait = 10 * time.Millisecond
+
+// answerInline waits, on the client's goroutine, for the answers to the
+// requests just sent when they all end in a Sync, Query or FunctionCall:
+// the client is then waiting too, and a second goroutine would only add
+// a hand-off per transaction. It stops when the transaction ends (the
+// backend goes back to the pool), when everything is answered inside a
+// transaction, when the server waits for COPY data, or after inlineWait;
+// it returns the reason the session must end, or "".
+func (tx *txSession) answerInline() string {
+	tx.mu.Lock()
+	att := tx.att
+	wait := att != nil && !att.pumping && att.lastSettled && att.sent > att.answered
+	tx.mu.Unlock()
+	if !wait {
+		return ""
+	}
+	_ = att.conn.SetReadDeadline(time.Now().Add(inlineWait))
+	for {
+		n, rerr := att.conn.Read(*att.rbuf)
+		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
+		if detach {
+			_ = att.conn.SetReadDeadline(time.Time{})
+			if err != nil {
+				// The only error consume reports with detach; it set a write
+				// deadline on the backend, which goes back to the pool.
+				_ = att.conn.SetWriteDeadline(time.Time{})
+				tx.endAttachment(att, leftover)
+				return "client-gone"
+			}
+			tx.endAttachment(att, leftover)
+			return ""
+		}
+		if err == nil && rerr != nil {
+			if ne, ok := rerr.(net.Error); ok && ne.Timeout() && !tx.ss.killed.Load() {
+				break // slow: the backend side gets a goroutine
+			}
+			err = rerr
+		}
+		if err != nil {
+			att.endErr = err
+			var cw *clientWriteError
+			switch {
+			case tx.ss.killed.Load():
+				return "shutdown"
+			case errors.As(err, &cw):
+				return "client-gone"
+			default:
+				return "backend-gone"
+			}
+		}
+		tx.mu.Lock()
+		more := att.sent > att.answered && !att.copyIn
+		tx.mu.Unlock()
+		if !more {
+			break
+		}
+	}
+	_ = att.conn.SetReadDeadline(time.Time{})
+	return ""
+}
+
+// endAttachment returns a detached backend to the pool: as it is, unless
+// the server said something after the transaction's last answer, which
+// leaves it in an unknown state.
+func (tx *txSession) endAttachment(att *attachment, leftover bool) {
+	if leftover {
+		att.lease.Release(pool.ReleaseState{Broken: true})
+	} else {
+		tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
+		tx.mu.Lock()
+		st := tx.sessionReset(att, pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
+		tx.mu.Unlock()
+		att.lease.Release(st)
+	}
+	relayBufs.Put(att.rbuf)
+	relayBufs.Put(att.obuf)
+	tx.ss.endTx()
+}
+
+// settingsError is a client setting the server refused when it was applied
+// on a borrowed backend.
+type settingsError struct{ err *pgconn.PgError }
+
+func (e *settingsError) Error() string { return e.err.Message }
+
+// failAttach tells the client why it got no backend.
+func (tx *txSession) failAttach(err error) string {
+	var se *settingsError
+	if errors.As(err, &se) {
+		resp := fromPgError(se.err)
+		resp.Severity, resp.SeverityUnlocalized = "FATAL", "FATAL"
+		tx.ss.send(resp)
+		return "bad-startup"
+	}
+	var bw *backendWriteError
+	if errors.As(err, &bw) {
+		return "backend-gone"
+	}
+	if errors.Is(err, errShuttingDown) {
+		return "shutdown" // the client gets 57P01 from shutdown
+	}
+	tx.ss.refuse(err)
+	return reasonOf(err)
+}
+
+// canDetachLocked reports whether the backend can go back to the pool: the
+// client is between transactions with every request answered, and is not
+// pinned. Called with tx.mu held.
+func (tx *txSession) canDetachLocked(att *attachment) bool {
+	return !att.detached && tx.pinned == "" && att.sent == att.answered && att.lastSettled && att.txStatus == 'I'
+}
+
+// pumpBackend relays the backend to the client for the rest of one
+// attachment, on a goroutine of its own, and ends it when the transaction
+// is over.
+func (tx *txSession) pumpBackend(att *attachment) error {
+	for {
+		n, rerr := att.conn.Read(*att.rbuf)
+		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
+		if detach {
+			if err != nil {
+				_ = att.conn.SetWriteDeadline(time.Time{}) // set by consume when the client went
+			}
+			tx.endAttachment(att, leftover)
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// consume forwards p, just read from the backend, to the client, acting on
+// the replies the gateway tracks. It reports whether the attachment ended
+// with it (then the caller releases the backend, even when err says the
+// client could not be written to), and whether the server sent anything
+// after that end.
+func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, err error) {
+	ss := tx.ss
+	out := (*att.obuf)[:0]
+	for len(p) > 0 && !detach {
+		if att.need > 0 {
+			k := min(att.need, len(p))
+			out = append(out, p[:k]...)
+			att.need -= k
+			p = p[k:]
+			continue
+		}
+		if att.skip > 0 {
+			k := min(att.skip, len(p))
+			att.skip -= k
+			p = p[k:]
+			continue
+		}
+		// Assemble a header (and, for the few messages acted on, the
+		// whole message).
+		if len(att.hold) < 5 {
+			k := min(5-len(att.hold), len(p))
+			att.hold = append(att.hold, p[:k]...)
+			p = p[k:]
+			if len(att.hold) < 5 {
+				break
+			}
+		}
+		typ := att.hold[0]
+		length := int(binary.BigEndian.Uint32(att.hold[1:5]))
+		if length < 4 || length > maxFrameLen {
+			return false, false, errBadFrame
+		}
+		if typ == 'A' && tx.dropsNotifications() {
+			// A notification for a channel this client never listened on:
+			// another client's LISTEN the gateway could not see (inside a
+			// function or DO block). It is not this client's to see.
+			att.hold = att.holdArr[:0]
+			att.skip = length - 4
+			att.tainted = true
+			continue
+		}
+		if typ == '1' || typ == '3' || typ == 'Z' || (typ == 'S' && length < 1<<16) || (typ == 'E' && length < 1<<16 && tx.rewritesErrors(att)) {
+			whole := 1 + length
+			if (typ != 'E' && typ != 'S' && whole > 6) || whole < len(att.hold) {
+				return false, false, errBadFrame
+			}
+			k := min(whole-len(att.hold), len(p))
+			att.hold = append(att.hold, p[:k]...)
+			p = p[k:]
+			if len(att.hold) < whole {
+				break
+			}
+			msg := att.hold
+			att.hold = att.holdArr[:0]
+			if typ == 'E' {
+				out = append(out, tx.rewriteError(att, msg)...)
+				ss.rc.msgsOut.Add(1)
+				continue
+			}
+			if typ == 'S' {
+				tx.onParameterStatus(att, msg[5:])
+				out = append(out, msg...)
+				ss.rc.msgsOut.Add(1)
+				continue
+			}
+			keep, end := tx.onReply(att, typ, msg[5:])
+			if keep {
+				out = append(out, msg...)
+			}
+			ss.rc.msgsOut.Add(1)
+			detach = end
+			continue
+		}
+		// Streamed message: forward the header, then the body as it comes.
+		out = append(out, att.hold[:5]...)
+		att.hold = att.holdArr[:0]
+		att.need = length - 4
+		switch typ {
+		case 'E':
+			tx.mu.Lock()
+			att.errInBatch = true
+			tx.mu.Unlock()
+		case 'G', 'W':
+			tx.mu.Lock()
+			att.copyIn = true
+			tx.mu.Unlock()
+		}
+		ss.rc.msgsOut.Add(1)
+	}
+	if len(out) > 0 {
+		ss.writeMu.Lock()
+		_, werr := ss.conn.Write(out)
+		ss.writeMu.Unlock()
+		ss.rc.bytesOut.Add(int64(len(out)))
+		if werr != nil {
+			// The client is gone: unblock the client side, which may be
+			// reading it or writing to this backend (stalled because
+			// its results were no longer relayed).
+			_ = ss.conn.SetReadDeadline(time.Now())
+			_ = att.conn.SetWriteDeadline(time.Now())
+			// If the transaction's last answer is in out, the backend is
+			// already detached and only the caller can release it.
+			return detach, len(p) > 0, &clientWriteError{werr}
+		}
+	}
+	return detach, len(p) > 0, nil
+}
+
+// onReply updates the attachment for a ParseComplete, CloseComplete or
+// ReadyForQuery, and says whether the client gets it and whether the
+// attachment ends with it.
+func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end bool) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	switch typ {
+	case '1', '3':
+		want := byte('P')
+		if typ == '3' {
+			want = 'C'
+		}
+		for i, pr := range att.pending {
+			if pr.typ == want {
+				att.pending = append(att.pending[:i], att.pending[i+1:]...)
+				return !pr.injected, false
+			}
+		}
+		return true, false
+	}
+	// ReadyForQuery ends a batch: whatever it did not answer was skipped by
+	// the server after an error, so statements parsed there do not exist.
+	batch := att.answered
+	att.answered++
+	if tx.ss.outstanding.Add(-1) == 0 {
+		defer tx.ss.armIdle()
+	}
+	prev := att.txStatus
+	if len(body) == 1 {
+		att.txStatus = body[0]
+		tx.ss.txStatus.Store(uint32(body[0]))
+	}
+	kept := att.pending[:0]
+	for _, pr := range att.pending {
+		if pr.seq > batch {
+			kept = append(kept, pr)
+			continue
+		}
+		switch {
+		case pr.typ == 'P' && pr.unnamed != nil:
+			if pr.injected {
+				att.unnamedHere = false // try again before the next use
+			} else if tx.unnamed == pr.unnamed {
+				tx.unnamed = nil
+			}
+		case pr.typ == 'P':
+			if pr.name != "" {
+				if el, ok := att.state.prepared[pr.name]; ok {
+					att.state.lru.Remove(el)
+					delete(att.state.prepared, pr.name)
+				}
+			}
+			// As on a direct connection, a statement whose Parse failed or
+			// was skipped does not exist for the client.
+			if pr.client != "" && tx.stmts[pr.client] == pr.stmt {
+				delete(tx.stmts, pr.client)
+			}
+		case pr.typ == 'C' && pr.injected && pr.name != "":
+			// An eviction the server skipped: the statement is still there.
+			if _, ok := att.state.prepared[pr.name]; !ok {
+				att.state.prepared[pr.name] = att.state.lru.PushBack(pr.name)
+			}
+		}
+	}
+	att.pending = kept
+	tx.settleSetsLocked(att, batch, prev)
+	att.errInBatch = false
+	clear(att.dupNames)
+	if tx.canDetachLocked(att) {
+		att.detached = true
+		tx.att = nil
+		tx.ss.lease.Store(nil)
+		return true, true
+	}
+	return true, false
+}
+
+// dropsNotifications reports whether a NotificationResponse must not reach
+// this client: only a pinned client can have listened on this backend.
+func (tx *txSession) dropsNotifications() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.pinned == ""
+}
+
+// onParameterStatus pins the client when the server reports a setting
+// change the gateway neither made nor tracks: a function or DO block
+// changed the session, and only this backend holds that change.
+func (tx *txSession) onParameterStatus(att *attachment, body []byte) {
+	raw, _ := cBytes(body)
+	name := lowerASCII(string(raw))
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.pinned != "" {
+		return
+	}
+	switch name {
+	case "in_hot_standby", "default_transaction_read_only":
+		return // the server's state, not the session's
+	}
+	// Expected: the report of a tracked SET or RESET in flight, or of one
+	// a transaction block's end keeps or undoes.
+	for _, sets := range [2][]*setCommand{att.pendingSets, att.txSets} {
+		for _, set := range sets {
+			if set.name == name || set.resetAll || set.discardAll {
+				return
+			}
+		}
+	}
+	tx.pinLocked(pinReportedSetting)
+}
+
+// finish ends the attachment of a client that is leaving.
+func (tx *txSession) finish(att *attachment, reason string) {
+	tx.mu.Lock()
+	pumping := att.pumping
+	tx.mu.Unlock()
+	err := att.endErr
+	if pumping {
+		_ = att.conn.SetReadDeadline(time.Now())
+		err = <-att.done
+	}
+	_ = att.conn.SetReadDeadline(time.Time{})
+	_ = att.conn.SetWriteDeadline(time.Time{})
+	tx.ss.lease.Store(nil)
+	if att.detached {
+		return // released by the backend side
+	}
+	defer func() {
+		relayBufs.Put(att.rbuf)
+		relayBufs.Put(att.obuf)
+	}()
+	var cw *clientWriteError
+	var ne net.Error
+	backendFailed := err != nil && !errors.As(err, &cw) && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, io.EOF)
+	tx.mu.Lock()
+	st := pool.ReleaseState{
+		TxStatus:  att.txStatus,
+		Busy:      att.sent > att.answered,
+		Clean:     att.sent == att.answered && att.lastSettled && reason != "protocol-violation" && reason != "shutdown",
+		Broken:    backendFailed || errors.Is(err, io.EOF) || reason == "backend-gone",
+		KeepState: true,
+	}
+	st = tx.sessionReset(att, st)
+	tx.mu.Unlock()
+	tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
+	att.lease.Release(st)
+}
+
+// sessionReset adds to st what a backend needs before another client may
+// have it: after a pinned client (or a notification meant for someone
+// else), DISCARD ALL and a fresh record of its state; after LOAD, a new
+// connection. Called with tx.mu held, or by the side that owns att.
+func (tx *txSession) sessionReset(att *attachment, st pool.ReleaseState) pool.ReleaseState {
+	if tx.pinned == "" && !att.tainted {
+		return st
+	}
+	st.KeepState = false
+	st.ResetQuery = "DISCARD ALL"
+	st.Discard = tx.pinned == pinLoad
+	att.lease.Conn().Attachment = nil
+	return st
+}

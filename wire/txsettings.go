@@ -1,0 +1,136 @@
+package wire
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+)
+
+// Transaction mode, settings: the SETs a client's session carries from
+// backend to backend, when they take effect (as PostgreSQL keeps them),
+// the SQL that brings a backend in line with a client, and pinning.
+
+// unknownSettings is the fingerprint of a backend whose settings are not
+// known; no client's fingerprint equals it.
+const unknownSettings = "?"
+
+// settleSetsLocked records the tracked SETs a ReadyForQuery answered, as
+// PostgreSQL keeps them: at once outside a transaction block; inside one,
+// only if the block commits (ROLLBACK, an error or a failed COMMIT undo
+// them).
+func (tx *txSession) settleSetsLocked(att *attachment, batch int, prev byte) {
+	kept := att.pendingSets[:0]
+	for _, set := range att.pendingSets {
+		switch {
+		case set.seq > batch:
+			kept = append(kept, set)
+		case set.seq < batch || att.errInBatch:
+			// failed or skipped
+		case att.txStatus == 'I':
+			tx.applySetLocked(att, set)
+		case att.txStatus == 'T':
+			att.txSets = append(att.txSets, set)
+		}
+	}
+	clear(att.pendingSets[len(kept):])
+	att.pendingSets = kept
+	if att.txStatus == 'I' && batch >= att.savepointSeq {
+		att.sawSavepoint = false
+	}
+	if att.txStatus != 'I' || prev == 'I' {
+		return
+	}
+	// The transaction block ended with this batch.
+	if prev == 'T' && !att.errInBatch && att.lastEnd == txEndCommit && att.lastEndSeq == batch {
+		for _, set := range att.txSets {
+			tx.applySetLocked(att, set)
+		}
+	}
+	att.txSets = nil
+}
+
+// applySetLocked records a session-level SET, RESET or DISCARD ALL that
+// took effect, so the client's settings follow it to every backend it
+// borrows, and the backend's record says what it now holds. RESET goes
+// back to the start-up value, as in PostgreSQL; on the backend it goes
+// back to the pool's default, so the start-up value is applied again on
+// the next attach.
+func (tx *txSession) applySetLocked(att *attachment, set *setCommand) {
+	have := att.state.settings
+	switch {
+	case set.resetAll, set.discardAll:
+		tx.settings = cloneMap(tx.startup)
+		att.state.settings = map[string]string{}
+	case set.reset:
+		if v, ok := tx.startup[set.name]; ok {
+			tx.settings[set.name] = v
+		} else {
+			delete(tx.settings, set.name)
+		}
+		if have != nil {
+			delete(have, set.name)
+		}
+	default:
+		tx.settings[set.name] = set.statement
+		if have != nil {
+			have[set.name] = set.statement
+		}
+	}
+	tx.fp = fingerprint(tx.settings)
+	if att.state.settings == nil {
+		att.state.settingsFP = unknownSettings
+	} else {
+		att.state.settingsFP = fingerprint(att.state.settings)
+	}
+}
+
+// pinLocked keeps the client on its backend until it disconnects. Called
+// with tx.mu held.
+func (tx *txSession) pinLocked(reason pinReason) {
+	if tx.pinned != "" {
+		return
+	}
+	tx.pinned = reason
+	tx.ss.srv.counters.pin(reason)
+	tx.ss.srv.pinnedNow.Add(1)
+	tx.ss.setView(func(v *ClientInfo) { v.Pinned = string(reason) })
+	tx.ss.sharedLog().Info().Str("reason", string(reason)).Msg("client pinned to its backend until it disconnects")
+}
+
+// fingerprint identifies a set of settings, so a backend whose settings
+// already match the client's costs no round trip.
+func fingerprint(settings map[string]string) string {
+	if len(settings) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	for _, name := range sortedKeys(settings) {
+		h.Write([]byte(name))
+		h.Write([]byte{0})
+		h.Write([]byte(settings[name]))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// settingsDiff is the SQL that turns a backend's settings from have into
+// want: RESET what only have set, and apply what want sets differently.
+func settingsDiff(have, want map[string]string) string {
+	var q []byte
+	if have == nil {
+		q = append(q, "RESET ALL;"...)
+	}
+	for _, name := range sortedKeys(have) {
+		if _, ok := want[name]; !ok {
+			q = append(q, "RESET "...)
+			q = append(q, quoteQualified(name)...)
+			q = append(q, ';')
+		}
+	}
+	for _, name := range sortedKeys(want) {
+		if have[name] != want[name] {
+			q = append(q, want[name]...)
+			q = append(q, ';')
+		}
+	}
+	return string(q)
+}
