@@ -126,6 +126,9 @@ func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		}
 	}
 
+	// The auth query needs the server, not -user's password: a failed
+	// auth step does not skip it.
+	reachable := !failed
 	switch {
 	case failed:
 		report("skip", "auth", "an earlier step failed")
@@ -153,7 +156,7 @@ func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		if who == "" {
 			who = cfg.Wire.AuthUser
 		}
-		if failed {
+		if !reachable {
 			report("skip", "authq", "an earlier step failed")
 		} else if msg, err := wire.CheckAuthQuery(cfg.Wire, dialer, who); err != nil {
 			report("fail", "authq", "%v", err)

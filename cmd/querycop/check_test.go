@@ -104,6 +104,16 @@ func TestCheckAuthQuery(t *testing.T) {
 	if code != exitFailed || !strings.Contains(out, `fail  authq   querycop cannot look up passwords: its auth query role GATEKEEPER_AUTH_USER "no_such_auth_role" cannot log in`) {
 		t.Errorf("exit %d, want a failed authq line naming the role:\n%s", code, out)
 	}
+	// Without -user's password the auth step fails, but the auth query,
+	// which does not need it, still runs.
+	var o, e bytes.Buffer
+	code = runCheck(context.Background(), []string{"-user", pgtest.UserSCRAM, "-database", pgtest.Database}, []string{
+		"GATEKEEPER_BACKEND_HOST=localhost", fmt.Sprintf("GATEKEEPER_BACKEND_PORT=%d", c.Port),
+		"GATEKEEPER_BACKEND_TLS_MODE=verify-full", "GATEKEEPER_BACKEND_TLS_CA_FILE=" + c.CA.CertFile,
+		"GATEKEEPER_AUTH_USER=querycop_auth", "GATEKEEPER_AUTH_PASSWORD=" + authPass}, &o, &e)
+	if out := o.String(); code != exitFailed || !strings.Contains(out, "fail  auth") || !strings.Contains(out, "ok    authq") {
+		t.Errorf("without PGPASSWORD: exit %d, want auth failed and authq ok:\n%s%s", code, out, e.String())
+	}
 	if strings.Contains(out, authPass) || strings.Contains(out, "SCRAM-SHA-256$") {
 		t.Error("check printed a password or a secret")
 	}
