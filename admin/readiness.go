@@ -30,7 +30,12 @@ func Readiness(pools Pools, probe func(context.Context) error, tokens Tokens) fu
 			lastErr = st.LastError
 		}
 		if lastErr != "" {
-			return &NotReady{Public: "the token command is failing", Err: errors.New(lastErr)}
+			public := "the token command is failing"
+			if p, ok := tokens.(interface{ Provider() string }); ok && p.Provider() != "command" {
+				// Name what is failing, not a command the operator never set.
+				public = "the token provider " + p.Provider() + " is failing"
+			}
+			return &NotReady{Public: public, Err: errors.New(lastErr)}
 		}
 		return nil
 	}
