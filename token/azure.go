@@ -30,13 +30,13 @@ var imdsAddr = "169.254.169.254:80"
 
 const imdsProbeTimeout = time.Second
 
-// azureProvider mints Entra ID tokens through azidentity. Its chain is:
-// workload identity (a federated token file, as AKS injects), managed
-// identity (VM, App Service, Container Apps, Arc, ...), a service principal
-// from the AZURE_* environment, and the Azure CLI last. The first one that
-// gives a token is kept for the life of the process, as azidentity's own
-// ChainedTokenCredential does: a later failure of it is reported, not
-// papered over by a different identity.
+// azureProvider mints Entra ID tokens through azidentity: with a workload
+// identity (a federated token file, as AKS injects) or a service principal
+// in the AZURE_* environment configured, that alone; otherwise managed
+// identity (VM, App Service, Container Apps, Arc, ...) and, last, the Azure
+// CLI's login. The first one that gives a token is kept for the life of the
+// process, as azidentity's own ChainedTokenCredential does: a later failure
+// of it is reported, not papered over by a different identity.
 type azureProvider struct {
 	chain []azureSource
 
@@ -62,27 +62,29 @@ func newAzure(cfg Config) (*azureProvider, error) {
 	noDiscovery := customAuthority(os.Getenv("AZURE_AUTHORITY_HOST"))
 	p := &azureProvider{}
 
-	if os.Getenv("AZURE_FEDERATED_TOKEN_FILE") != "" {
+	// A source the operator configured explicitly is the only one tried:
+	// were a workload identity's exchange to fail and the chain go on, an
+	// AKS pod would log in with its node's managed identity, someone else.
+	switch {
+	case os.Getenv("AZURE_FEDERATED_TOKEN_FILE") != "":
 		c, err := azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
 			ClientID: clientID, DisableInstanceDiscovery: noDiscovery,
 		})
 		p.chain = append(p.chain, azureSource{name: "workload identity", cred: c, err: err})
-	}
-
-	miOpts := &azidentity.ManagedIdentityCredentialOptions{}
-	if clientID != "" {
-		miOpts.ID = azidentity.ClientID(clientID)
-	}
-	mi, err := azidentity.NewManagedIdentityCredential(miOpts)
-	p.chain = append(p.chain, azureSource{name: "managed identity", cred: mi, err: err, probe: imdsSource()})
-
-	if os.Getenv("AZURE_CLIENT_SECRET") != "" || os.Getenv("AZURE_CLIENT_CERTIFICATE_PATH") != "" {
+	case os.Getenv("AZURE_CLIENT_SECRET") != "" || os.Getenv("AZURE_CLIENT_CERTIFICATE_PATH") != "":
 		c, err := azidentity.NewEnvironmentCredential(&azidentity.EnvironmentCredentialOptions{DisableInstanceDiscovery: noDiscovery})
 		p.chain = append(p.chain, azureSource{name: "environment service principal", cred: c, err: err})
+	default:
+		miOpts := &azidentity.ManagedIdentityCredentialOptions{}
+		if clientID != "" {
+			miOpts.ID = azidentity.ClientID(clientID)
+		}
+		mi, err := azidentity.NewManagedIdentityCredential(miOpts)
+		p.chain = append(p.chain, azureSource{name: "managed identity", cred: mi, err: err, probe: imdsSource()})
+		// Last, a developer's `az login`, off Azure.
+		cli, err := azidentity.NewAzureCLICredential(nil)
+		p.chain = append(p.chain, azureSource{name: "Azure CLI", cred: cli, err: err})
 	}
-
-	cli, err := azidentity.NewAzureCLICredential(nil)
-	p.chain = append(p.chain, azureSource{name: "Azure CLI", cred: cli, err: err})
 	return p, nil
 }
 

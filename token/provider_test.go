@@ -500,3 +500,36 @@ func TestValidateProvider(t *testing.T) {
 		}
 	}
 }
+
+// TestAzureConfiguredSourceIsNotPassedOver: with a workload identity
+// configured, its failure is reported; the chain does not go on to a
+// managed identity that answers (on AKS that would be the node's identity,
+// someone else).
+func TestAzureConfiguredSourceIsNotPassedOver(t *testing.T) {
+	isolateClouds(t)
+	var hits atomic.Int32
+	srv := appServiceIdentity(t, fakeJWT(map[string]any{"oid": "node"}), time.Minute, "wi-client", &hits)
+	t.Setenv("IDENTITY_ENDPOINT", srv.URL)
+	t.Setenv("IDENTITY_HEADER", "header-secret")
+	tokenFile := filepath.Join(t.TempDir(), "federated")
+	if err := os.WriteFile(tokenFile, []byte("sa-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AZURE_FEDERATED_TOKEN_FILE", tokenFile)
+	t.Setenv("AZURE_CLIENT_ID", "wi-client")
+	t.Setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000001")
+	t.Setenv("AZURE_AUTHORITY_HOST", "https://127.0.0.1:1/") // nothing listens
+	m, err := NewMinter(context.Background(), Config{Provider: "azure"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = m.Mint(ctx, Target{User: "app"})
+	if err == nil || !strings.Contains(err.Error(), "workload identity: ") || strings.Contains(err.Error(), "managed identity") {
+		t.Errorf("err = %v, want the workload identity's failure alone", err)
+	}
+	if hits.Load() != 0 {
+		t.Errorf("the managed identity endpoint was asked %d times", hits.Load())
+	}
+}
