@@ -193,3 +193,38 @@ func TestSCRAMChannelBinding(t *testing.T) {
 		}
 	})
 }
+
+// The channel binding is to the certificate this client was served, even
+// when the current one changes between handshakes (a reload): each
+// handshake records its own.
+func TestChannelBindingFollowsServedCertificate(t *testing.T) {
+	certs := []*tls.Certificate{testCert(t), testCert(t)}
+	next := 0
+	get := recordServed(func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		c := certs[next%2]
+		next++
+		return c, nil
+	})
+	for i := range 4 {
+		server, client := net.Pipe()
+		ss := &session{srv: &Server{}, log: zerolog.Nop(), tls: true}
+		done := make(chan error, 1)
+		go func() {
+			done <- ss.tlsHandshake(tls.Server(server, &tls.Config{GetCertificate: get}))
+		}()
+		tc := tls.Client(client, &tls.Config{InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		peer := tc.ConnectionState().PeerCertificates[0]
+		want, _ := backend.TLSServerEndPoint(peer)
+		if got := ss.channelBindingData(); !bytes.Equal(got, want) {
+			t.Errorf("handshake %d: binding data is not the hash of the certificate the client saw", i)
+		}
+		tc.Close()
+		server.Close()
+	}
+}
