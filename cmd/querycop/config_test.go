@@ -691,3 +691,19 @@ func userlist(t *testing.T, lines ...string) string {
 	}
 	return p
 }
+
+// The auth query role's password is a secret like the admin key: /v1/config
+// says only whether it is set.
+func TestEffectiveConfigHidesAuthPassword(t *testing.T) {
+	cfg, err := LoadConfig([]string{"GATEKEEPER_BACKEND_HOST=db", "GATEKEEPER_AUTH_USER=qc_auth", "GATEKEEPER_AUTH_PASSWORD=hunter2-auth"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eff := effectiveConfig(cfg)
+	if got := eff["GATEKEEPER_AUTH_PASSWORD"]; got != "(set, not shown)" {
+		t.Errorf("GATEKEEPER_AUTH_PASSWORD in /v1/config = %q", got)
+	}
+	if eff["GATEKEEPER_AUTH_USER"] != "qc_auth" {
+		t.Errorf("GATEKEEPER_AUTH_USER in /v1/config = %q", eff["GATEKEEPER_AUTH_USER"])
+	}
+}
