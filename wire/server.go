@@ -35,6 +35,7 @@ type Server struct {
 	tls       *tls.Config // nil: clients asking for TLS get 'N'
 	pools     Pools
 	tokenMode bool
+	console   Console // nil: no admin console (console.go)
 
 	ln       net.Listener
 	ctx      context.Context // cancelled by Close: ends every session
@@ -275,7 +276,7 @@ func (s *Server) forget(ss *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.live, ss)
-	ss.rc.addTo(&s.counters.ended)
+	s.counters.sessionEnded(ss)
 	if ss.key.pid != 0 {
 		delete(s.byKey, ss.key)
 	}

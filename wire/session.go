@@ -140,6 +140,10 @@ func (ss *session) run() {
 			"too many failed logins from this address; try again in a minute"), "login-rate-limited"})
 		return
 	}
+	if ss.srv.console != nil && ss.srv.console.IsConsole(params.Database) {
+		ss.runConsole(params)
+		return
+	}
 	cred, err := ss.authenticate(params.User)
 	if err != nil {
 		ss.failStartup(err)

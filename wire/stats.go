@@ -80,6 +80,9 @@ func (c *relayCounters) addTo(dst *relayCounters) {
 type serverCounters struct {
 	ended  relayCounters // totals of sessions that have ended
 	probes atomic.Int64
+	// endedByDB splits ended by the sessions' database, for the admin
+	// console's SHOW STATS. Guarded, like ended, by Server.mu.
+	endedByDB map[string]*relayCounters
 
 	mu      sync.Mutex
 	refused map[string]int64
@@ -114,6 +117,72 @@ func (c *serverCounters) refuse(reason string) {
 	c.refused[reason]++
 }
 
+// sessionEnded keeps an ended session's totals, overall and by database.
+// The caller holds Server.mu.
+func (c *serverCounters) sessionEnded(ss *session) {
+	ss.rc.addTo(&c.ended)
+	if ss.rc.msgsIn.Load() == 0 {
+		return // refused or silent: nothing to count, and no database to keep
+	}
+	db := ss.database()
+	if c.endedByDB == nil {
+		c.endedByDB = map[string]*relayCounters{}
+	}
+	t := c.endedByDB[db]
+	if t == nil {
+		t = &relayCounters{}
+		c.endedByDB[db] = t
+	}
+	ss.rc.addTo(t)
+}
+
+func (ss *session) database() string {
+	ss.infoMu.Lock()
+	defer ss.infoMu.Unlock()
+	return ss.view.Database
+}
+
+// relayStats fills the relay and transaction-mode fields of a Stats.
+func (c *relayCounters) relayStats() Stats {
+	return Stats{
+		BytesFromClients: c.bytesIn.Load(), BytesToClients: c.bytesOut.Load(),
+		MessagesFromClients: c.msgsIn.Load(), MessagesToClients: c.msgsOut.Load(),
+		Transactions: c.transactions.Load(), Queries: c.queries.Load(),
+		BackendWait: time.Duration(c.waitNanos.Load()), BackendHeld: time.Duration(c.heldNanos.Load()),
+		PreparedStatementHits: c.prepHits.Load(), PreparedStatementMisses: c.prepMisses.Load(),
+		PreparedStatementEvictions: c.prepEvictions.Load(),
+	}
+}
+
+// StatsByDatabase splits the relay and transaction-mode totals by the
+// clients' database (Connected and Refused are left empty).
+func (s *Server) StatsByDatabase() map[string]Stats {
+	sums := map[string]*relayCounters{}
+	add := func(db string, c *relayCounters) {
+		t := sums[db]
+		if t == nil {
+			t = &relayCounters{}
+			sums[db] = t
+		}
+		c.addTo(t)
+	}
+	s.mu.Lock()
+	for db, c := range s.counters.endedByDB {
+		add(db, c)
+	}
+	for ss := range s.live {
+		if db := ss.database(); db != "" {
+			add(db, &ss.rc)
+		}
+	}
+	s.mu.Unlock()
+	out := make(map[string]Stats, len(sums))
+	for db, c := range sums {
+		out[db] = c.relayStats()
+	}
+	return out
+}
+
 // Stats returns the running totals.
 func (s *Server) Stats() Stats {
 	var sum relayCounters
@@ -123,17 +192,10 @@ func (s *Server) Stats() Stats {
 		ss.rc.addTo(&sum)
 	}
 	s.mu.Unlock()
-	st := Stats{
-		Connected:        s.clients.Load(),
-		BytesFromClients: sum.bytesIn.Load(), BytesToClients: sum.bytesOut.Load(),
-		MessagesFromClients: sum.msgsIn.Load(), MessagesToClients: sum.msgsOut.Load(),
-		Refused:      map[string]int64{},
-		Probes:       s.counters.probes.Load(),
-		Transactions: sum.transactions.Load(), Queries: sum.queries.Load(),
-		BackendWait: time.Duration(sum.waitNanos.Load()), BackendHeld: time.Duration(sum.heldNanos.Load()),
-		PreparedStatementHits: sum.prepHits.Load(), PreparedStatementMisses: sum.prepMisses.Load(),
-		PreparedStatementEvictions: sum.prepEvictions.Load(),
-	}
+	st := sum.relayStats()
+	st.Connected = s.clients.Load()
+	st.Refused = map[string]int64{}
+	st.Probes = s.counters.probes.Load()
 	st.Pins = make(map[string]int64, len(pinReasons))
 	for _, r := range pinReasons {
 		st.Pins[string(r)] = 0

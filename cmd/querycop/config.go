@@ -15,6 +15,7 @@ import (
 
 	"github.com/querycop/querycop/admin"
 	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/console"
 	"github.com/querycop/querycop/internal/confcheck"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/wire"
@@ -37,6 +38,7 @@ type Config struct {
 	Wire     wire.Config
 	Pool     pool.Config
 	Admin    admin.Config
+	Console  console.Config
 	AdminKey admin.KeyConfig // ADMIN_API_KEY, read without the prefix
 	Log      LogConfig
 	Shutdown ShutdownConfig
@@ -94,6 +96,8 @@ func LoadConfig(environ []string) (Config, error) {
 		cfg.Wire.Validate(),
 		cfg.Pool.Validate(),
 		cfg.Admin.Validate(),
+		cfg.Console.Validate(),
+		consoleModeCheck(cfg),
 		cfg.Log.Validate(),
 		cfg.Shutdown.Validate(),
 		authFileModeCheck(cfg),

@@ -180,6 +180,8 @@ func sampleValue(t *testing.T, l leaf) string {
 		return pick("7", "8")
 	case typ.Kind() == reflect.String:
 		return pick("sample-value", "other-value")
+	case typ.Kind() == reflect.Slice && typ.Elem().Kind() == reflect.String:
+		return pick("alice,bob", "carol")
 	}
 	t.Fatalf("%s: no sample value for %v", l.key, typ)
 	return ""
@@ -233,6 +235,10 @@ func TestLoadConfigProblems(t *testing.T) {
 			[]string{"GATEKEEPER_PROXY_TLS_KEY is set but GATEKEEPER_PROXY_TLS_CERT is not"}},
 		{"proxy-tls/bad-pair", []string{host, "GATEKEEPER_PROXY_TLS_CERT=" + cert, "GATEKEEPER_PROXY_TLS_KEY=" + garbage},
 			[]string{"GATEKEEPER_PROXY_TLS_CERT and GATEKEEPER_PROXY_TLS_KEY do not load as a certificate and key pair: tls:"}},
+		{"admin-users/token-mode-without-auth-file", []string{host, "GATEKEEPER_BACKEND_TLS_MODE=require", "GATEKEEPER_BACKEND_TOKEN_CMD=x", "GATEKEEPER_ADMIN_USERS=ops"},
+			[]string{"GATEKEEPER_ADMIN_USERS is set in token mode without GATEKEEPER_CLIENT_AUTH_FILE or GATEKEEPER_AUTH_USER: token mode does not check client passwords, so anyone could open the admin console"}},
+		{"admin-users/empty-name", []string{host, "GATEKEEPER_ADMIN_USERS=ops,,ci"},
+			[]string{`GATEKEEPER_ADMIN_USERS="ops,,ci" has an empty user name`}},
 		{"connect-timeout/zero", []string{host, "GATEKEEPER_BACKEND_CONNECT_TIMEOUT=0s"},
 			[]string{"GATEKEEPER_BACKEND_CONNECT_TIMEOUT=0s must be positive"}},
 		{"token-timeout/bare-number", []string{host, "GATEKEEPER_BACKEND_TOKEN_TIMEOUT=60"},

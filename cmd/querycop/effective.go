@@ -57,5 +57,8 @@ func formatValue(v reflect.Value) string {
 	if d, ok := v.Interface().(time.Duration); ok {
 		return d.String()
 	}
+	if l, ok := v.Interface().([]string); ok {
+		return strings.Join(l, ",")
+	}
 	return fmt.Sprint(v.Interface())
 }

@@ -52,6 +52,9 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if c := newConsole(cfg, pools, srv); c != nil {
+		srv.SetConsole(c)
+	}
 	if err := srv.Listen(); err != nil {
 		return err
 	}
