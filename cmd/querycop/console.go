@@ -103,7 +103,7 @@ func consoleSettings(cfg Config) []console.Setting {
 // client passwords against (no client auth file, no auth query): token mode
 // asks clients for none, so anyone could claim an admin user's name.
 func consoleModeCheck(cfg Config) error {
-	if !cfg.Console.Enabled() || cfg.Backend.Token.Cmd == "" || cfg.Wire.ClientAuthFile != "" || cfg.Wire.AuthUser != "" {
+	if !cfg.Console.Enabled() || !cfg.Backend.Token.TokenMode() || cfg.Wire.ClientAuthFile != "" || cfg.Wire.AuthUser != "" {
 		return nil
 	}
 	return confcheck.Problem{Vars: []string{envPrefix + "ADMIN_USERS"}, Msg: fmt.Sprintf(
