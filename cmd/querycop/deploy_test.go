@@ -147,6 +147,7 @@ func TestDashboardShape(t *testing.T) {
 		"querycop_transactions_total", "querycop_queries_total", "querycop_prepared_statements_total",
 		"querycop_token_expiry_seconds", "querycop_token_mint_failures_total",
 		"querycop_pool_connections_closed_total", "go_goroutines", "process_resident_memory_bytes",
+		"querycop_tx_pinned_clients", "querycop_tx_pins_total",
 	} {
 		if !strings.Contains(exprs, want) {
 			t.Errorf("no dashboard panel uses %s", want)
