@@ -9,7 +9,7 @@ type Config struct {
 	// Empty means pass-through mode: the client's own password is used.
 	Cmd string `env:"CMD" help:"shell command whose stdout is the backend password (token mode); empty = use the client's password"`
 	// Timeout bounds one run of Cmd; the whole process group is killed when it fires.
-	Timeout time.Duration `env:"TIMEOUT" envDefault:"30s" help:"how long one run of the token command may take before its process group is killed"`
+	Timeout time.Duration `env:"TIMEOUT" envDefault:"30s" help:"how long one run of the token command may take before its process group is killed (and one call of a built-in provider before it is given up)"`
 	// Lifetime is assumed for tokens that carry no expiry of their own.
 	Lifetime time.Duration `env:"LIFETIME" envDefault:"15m" help:"lifetime assumed for opaque tokens (JWTs carry their own exp), e.g. AWS RDS IAM tokens last 15m"`
 	// RefreshMargin is how long before expiry asking the command for a new

@@ -86,11 +86,14 @@ func NewMinter(ctx context.Context, cfg Config) (Minter, error) {
 	case ProviderCommand:
 		return NewCommand(cfg), nil
 	case ProviderAzure:
-		return newAzure(cfg)
+		p, err := newAzure(cfg)
+		return bound(p, err, cfg)
 	case ProviderAWSRDS:
-		return newAWSRDS(ctx, cfg)
+		p, err := newAWSRDS(ctx, cfg)
+		return bound(p, err, cfg)
 	case ProviderGCP:
-		return newGCP(cfg)
+		p, err := newGCP(cfg)
+		return bound(p, err, cfg)
 	default:
 		return nil, fmt.Errorf("%s=%q is not one of %s", envProvider, name, strings.Join(providers, ", "))
 	}
@@ -222,4 +225,95 @@ func (s *Source) Provider() string {
 		return s.provider
 	}
 	return ProviderCommand
+}
+
+// builtinProvider is what each built-in provider implements.
+type builtinProvider interface {
+	timedMinter
+	Named
+	Identifier
+}
+
+// bounded limits every call into a provider to Config.Timeout
+// (GATEKEEPER_BACKEND_TOKEN_TIMEOUT), as the command is limited: a cloud
+// endpoint that accepts the connection and never answers must not hold the
+// one mint in flight for a role, on which every new login of that role
+// waits, forever. Not every SDK call takes a context (the oauth2 package's
+// metadata requests do not), so the call runs in its own goroutine and is
+// abandoned, not waited for, when the time is up.
+type bounded struct {
+	p       builtinProvider
+	timeout time.Duration
+}
+
+func bound[P builtinProvider](p P, err error, cfg Config) (Minter, error) {
+	if err != nil {
+		return nil, err
+	}
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = defaultTimeout
+	}
+	return &bounded{p: p, timeout: timeout}, nil
+}
+
+// errProviderTimeout is the cause of a provider call's context when
+// Config.Timeout fires.
+var errProviderTimeout = errors.New("token provider timed out")
+
+func (b *bounded) ProviderName() string { return b.p.ProviderName() }
+
+// Mint implements Minter.
+func (b *bounded) Mint(ctx context.Context, t Target) (string, error) {
+	v, _, err := b.MintTimed(ctx, t)
+	return v, err
+}
+
+// MintTimed implements timedMinter.
+func (b *bounded) MintTimed(ctx context.Context, t Target) (string, time.Time, error) {
+	type result struct {
+		v   string
+		exp time.Time
+	}
+	r, err := boundedCall(ctx, b, func(ctx context.Context) (result, error) {
+		v, exp, err := b.p.MintTimed(ctx, t)
+		return result{v, exp}, err
+	})
+	return r.v, r.exp, err
+}
+
+// Identity implements Identifier.
+func (b *bounded) Identity(ctx context.Context, value string) (string, error) {
+	return boundedCall(ctx, b, func(ctx context.Context) (string, error) { return b.p.Identity(ctx, value) })
+}
+
+func boundedCall[R any](ctx context.Context, b *bounded, f func(context.Context) (R, error)) (R, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, b.timeout, errProviderTimeout)
+	defer cancel()
+	type result struct {
+		r   R
+		err error
+	}
+	ch := make(chan result, 1) // the goroutine never blocks, even abandoned
+	go func() {
+		r, err := f(ctx)
+		ch <- result{r, err}
+	}()
+	var zero R
+	select {
+	case res := <-ch:
+		if res.err != nil && context.Cause(ctx) == errProviderTimeout {
+			return zero, b.timedOut()
+		}
+		return res.r, res.err
+	case <-ctx.Done():
+		if context.Cause(ctx) == errProviderTimeout {
+			return zero, b.timedOut()
+		}
+		return zero, &Error{Provider: b.p.ProviderName(), Reason: "canceled: " + ctx.Err().Error(), Err: ctx.Err()}
+	}
+}
+
+func (b *bounded) timedOut() *Error {
+	return &Error{Provider: b.p.ProviderName(), Reason: "timed out after " + b.timeout.String(), Err: context.DeadlineExceeded}
 }

@@ -281,7 +281,7 @@ func TestAzureManagedIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := m.(*azureProvider)
+	p := m.(builtinProvider)
 	for i := range 2 {
 		tok, exp, err := p.MintTimed(context.Background(), Target{User: "app"})
 		if err != nil {
@@ -384,7 +384,7 @@ func TestGCPMetadataServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := m.(*gcpProvider)
+	p := m.(builtinProvider)
 	for range 2 {
 		tok, exp, err := p.MintTimed(context.Background(), Target{User: "gateway@proj-1.iam"})
 		if err != nil {
@@ -531,5 +531,33 @@ func TestAzureConfiguredSourceIsNotPassedOver(t *testing.T) {
 	}
 	if hits.Load() != 0 {
 		t.Errorf("the managed identity endpoint was asked %d times", hits.Load())
+	}
+}
+
+// TestProviderTimeout: an identity endpoint that accepts the request and
+// never answers costs GATEKEEPER_BACKEND_TOKEN_TIMEOUT, not a hung login.
+func TestProviderTimeout(t *testing.T) {
+	isolateClouds(t)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-time.After(time.Minute):
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	t.Setenv("GCE_METADATA_HOST", strings.TrimPrefix(srv.URL, "http://"))
+	m, err := NewMinter(context.Background(), Config{Provider: "gcp", GCPScopes: "s", Timeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = m.Mint(context.Background(), Target{User: "u"})
+	if err == nil || err.Error() != "backend token provider failed: gcp: timed out after 500ms" {
+		t.Errorf("err = %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the mint took %s", d)
 	}
 }
