@@ -23,7 +23,7 @@ type collector struct {
 	tokenProvider                                             *prometheus.Desc
 	paused, readyDesc, probes                                 *prometheus.Desc
 	transactions, queries, backendWait, backendHeld, prepared *prometheus.Desc
-	txPins, txPinned                                          *prometheus.Desc
+	txPins, txPinned, disconnects                             *prometheus.Desc
 	logins, authQuery                                         *prometheus.Desc
 }
 
@@ -49,6 +49,7 @@ func newCollector(deps Deps, ready func(context.Context) bool) *collector {
 		dialFailures:     d("pool_dial_failures_total", "Failed attempts to open a backend connection.", pl...),
 		clientsConnected: d("clients_connected", "Client connections open on the pool port."),
 		clientsRefused:   d("clients_refused_total", "Clients refused, by reason.", "reason"),
+		disconnects:      d("client_disconnects_total", "Client sessions that ended after start-up, by reason.", "reason"),
 		probes:           d("client_probes_total", "Connections to the pool port closed before their first byte (TCP health checks)."),
 		relayBytes:       d("relay_bytes_total", "Bytes relayed, by direction (from_clients, to_clients).", "direction"),
 		relayMsgs:        d("relay_messages_total", "Protocol messages relayed, by direction (from_clients, to_clients).", "direction"),
@@ -128,6 +129,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.clientsConnected, float64(st.Connected))
 		for reason, n := range st.Refused {
 			counter(c.clientsRefused, float64(n), reason)
+		}
+		for reason, n := range st.Disconnects {
+			counter(c.disconnects, float64(n), reason)
 		}
 		counter(c.probes, float64(st.Probes))
 		counter(c.relayBytes, float64(st.BytesFromClients), "from_clients")

@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/puddle/v2"
 
 	"github.com/querycop/querycop/backend"
@@ -69,10 +71,10 @@ func (l *Lease) Release(st ReleaseState) {
 			_ = c.Cancel(ctx)
 			cancel()
 		}
-		pl.destroy(l.res, "backend-gone")
+		pl.destroy(l.res, reasons.BackendGone)
 		return
 	case st.Discard && !st.Busy:
-		pl.destroy(l.res, "session-state")
+		pl.destroy(l.res, reasons.SessionState)
 		return
 	case st.Busy || !st.Clean:
 		// The client left mid-request: stop the server's work so locks are
@@ -82,24 +84,24 @@ func (l *Lease) Release(st ReleaseState) {
 			_ = c.Cancel(ctx)
 			cancel()
 		}
-		pl.destroy(l.res, "client-gone")
+		pl.destroy(l.res, reasons.ClientGone)
 		return
 	}
 	if !l.reset(st) {
 		return
 	}
 	if c.retired(time.Now()) {
-		pl.destroy(l.res, "lifetime")
+		pl.destroy(l.res, reasons.Lifetime)
 		pl.stats.retired.Add(1)
 		return
 	}
 	if pl.ps.isPaused() {
 		// Paused so the database can restart: hold no idle connection.
-		pl.destroy(l.res, "pause")
+		pl.destroy(l.res, reasons.Pause)
 		return
 	}
 	if pl.total() > pl.size() {
-		pl.destroy(l.res, "resize") // shrunk while leased
+		pl.destroy(l.res, reasons.Resize) // shrunk while leased
 		return
 	}
 	l.res.Release()
@@ -126,7 +128,7 @@ func (l *Lease) reset(st ReleaseState) bool {
 	defer cancel()
 	if rollback {
 		if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
-			pl.destroy(l.res, "reset-failed")
+			pl.destroy(l.res, reasons.ResetFailed)
 			return false
 		}
 		pl.stats.rollbacks.Add(1)
@@ -134,7 +136,7 @@ func (l *Lease) reset(st ReleaseState) bool {
 	if q != "" {
 		if tx, err := c.Exec(ctx, q); err != nil || tx != 'I' {
 			pl.log.Warn().Uint32("backend_pid", c.PID()).AnErr("error", err).Msg("reset query failed; closing the connection (check GATEKEEPER_POOL_RESET_QUERY)")
-			pl.destroy(l.res, "reset-failed")
+			pl.destroy(l.res, reasons.ResetFailed)
 			return false
 		}
 	}

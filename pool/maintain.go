@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/puddle/v2"
 
 	"github.com/querycop/querycop/token"
@@ -45,18 +47,18 @@ func (pl *Pool) maintain() {
 		c := res.Value()
 		switch {
 		case paused:
-			pl.destroy(res, "pause")
+			pl.destroy(res, reasons.Pause)
 			total--
 		case total > size:
-			pl.destroy(res, "resize") // shrunk: idle ones go first
+			pl.destroy(res, reasons.Resize) // shrunk: idle ones go first
 			total--
 		case c.retired(horizon):
 			retiring = append(retiring, res)
 		case res.IdleDuration() > cfg.MaxConnIdleTime && total > cfg.MinIdle:
-			pl.destroy(res, "idle")
+			pl.destroy(res, reasons.Idle)
 			total--
 		case !c.Alive():
-			pl.destroy(res, "backend-gone")
+			pl.destroy(res, reasons.BackendGone)
 			total--
 		default:
 			// Back at once: while the janitor holds a connection, clients
@@ -72,7 +74,7 @@ func (pl *Pool) maintain() {
 			// Room: the replacement first, so capacity never dips.
 			replace = !pl.createQuietly()
 		}
-		pl.destroy(res, "lifetime")
+		pl.destroy(res, reasons.Lifetime)
 		pl.stats.retired.Add(1)
 		if replace {
 			pl.createQuietly()

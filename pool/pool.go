@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/puddle/v2"
 	"github.com/rs/zerolog"
 
@@ -427,10 +429,10 @@ func (pl *Pool) destruct(c *conn) {
 // goroutine (puddle's own Destroy closes it later, on another): the pool's
 // size counts it until the server has seen it go, and a lease's limiter
 // slot is only freed after that, so a replacement never coexists with it.
-func (pl *Pool) destroy(res *puddle.Resource[*conn], reason string) {
+func (pl *Pool) destroy(res *puddle.Resource[*conn], reason reasons.Reason) {
 	pl.stats.closed(reason)
 	c := res.Value()
-	pl.log.Debug().Uint32("backend_pid", c.PID()).Str("reason", reason).Msg("backend connection closed")
+	pl.log.Debug().Uint32("backend_pid", c.PID()).Str("reason", string(reason)).Msg("backend connection closed")
 	pl.destruct(c)
 	res.Hijack()
 }
@@ -519,12 +521,12 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		}
 		c := res.Value()
 		if c.retired(time.Now()) {
-			pl.destroy(res, "lifetime")
+			pl.destroy(res, reasons.Lifetime)
 			pl.stats.retired.Add(1)
 			continue
 		}
 		if !c.Alive() {
-			pl.destroy(res, "backend-gone")
+			pl.destroy(res, reasons.BackendGone)
 			continue
 		}
 		pl.stats.acquired(time.Since(start))

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/querycop/querycop/internal/reasons"
 )
 
 // counters are a pool's running totals; puddle's Stat gives the gauges.
@@ -41,13 +43,13 @@ func (c *counters) acquired(wait time.Duration) {
 	}
 }
 
-func (c *counters) closed(reason string) {
+func (c *counters) closed(reason reasons.Reason) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closedByWhy == nil {
 		c.closedByWhy = map[string]int64{}
 	}
-	c.closedByWhy[reason]++
+	c.closedByWhy[string(reason)]++
 }
 
 // Stats is a snapshot of one pool, for the admin API and metrics.

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
@@ -166,7 +168,7 @@ func (aq *authQuery) lookup(ctx context.Context, user string) authQueryResult {
 		aq.counts["cached"]++
 		return e.res
 	case <-ctx.Done():
-		return authQueryResult{err: &clientError{fatal(codeCannotConnect, "gave up waiting for the auth query"), "auth-query-failed"}}
+		return authQueryResult{err: &clientError{fatal(codeCannotConnect, "gave up waiting for the auth query"), reasons.AuthQueryFailed}}
 	}
 }
 
@@ -248,11 +250,11 @@ func (aq *authQuery) fetch(user string) authQueryResult {
 		// Queued behind other lookups for the whole timeout: the
 		// connection itself is fine, so it is left alone.
 		return aq.failed(&clientError{fatal(codeCannotConnect, fmt.Sprintf(
-			"querycop cannot look up passwords: the auth query is busy with other logins (waited %s, GATEKEEPER_CLIENT_LOGIN_TIMEOUT)", aq.queryTimeout)), "auth-query-failed"})
+			"querycop cannot look up passwords: the auth query is busy with other logins (waited %s, GATEKEEPER_CLIENT_LOGIN_TIMEOUT)", aq.queryTimeout)), reasons.AuthQueryFailed})
 	}
 	defer func() { <-aq.connSem }()
 	if aq.closed {
-		return authQueryResult{err: &clientError{fatal(codeCannotConnectNow, "the gateway is shutting down"), "shutdown"}}
+		return authQueryResult{err: &clientError{fatal(codeCannotConnectNow, "the gateway is shutting down"), reasons.Shutdown}}
 	}
 	for attempt := 0; ; attempt++ {
 		fresh := false
@@ -277,7 +279,7 @@ func (aq *authQuery) fetch(user string) authQueryResult {
 		}
 		aq.dropConn()
 		if fresh || attempt > 0 {
-			return aq.failed(&clientError{fatal(codeCannotConnect, "the auth query (GATEKEEPER_AUTH_QUERY) failed: "+err.Error()), "auth-query-failed"})
+			return aq.failed(&clientError{fatal(codeCannotConnect, "the auth query (GATEKEEPER_AUTH_QUERY) failed: "+err.Error()), reasons.AuthQueryFailed})
 		}
 		// A kept connection the server closed meanwhile: once more, anew.
 	}
@@ -291,10 +293,10 @@ func (aq *authQuery) result(user string, rows [][]*string, total int) authQueryR
 		return authQueryResult{}
 	case total > 1:
 		return aq.failed(&clientError{fatal(codeInvalidAuthorization, fmt.Sprintf(
-			"the auth query (GATEKEEPER_AUTH_QUERY) returned %d rows for user %s; it must return at most one (user name, secret)", total, quoteName(user))), "auth-query-failed"})
+			"the auth query (GATEKEEPER_AUTH_QUERY) returned %d rows for user %s; it must return at most one (user name, secret)", total, quoteName(user))), reasons.AuthQueryFailed})
 	case len(rows[0]) < 2:
 		return aq.failed(&clientError{fatal(codeInvalidAuthorization,
-			"the auth query (GATEKEEPER_AUTH_QUERY) must return two columns, the user name and its secret"), "auth-query-failed"})
+			"the auth query (GATEKEEPER_AUTH_QUERY) must return two columns, the user name and its secret"), reasons.AuthQueryFailed})
 	}
 	secret := rows[0][1]
 	if secret == nil || !strings.HasPrefix(*secret, "SCRAM-SHA-256$") {
@@ -331,11 +333,11 @@ func (aq *authQuery) loginError(err error) *clientError {
 			"querycop cannot look up passwords: its auth query role GATEKEEPER_AUTH_USER %q cannot log in to database %q: %s (SQLSTATE %s)",
 			aq.user, aq.database, pgErr.Message, pgErr.Code))
 		resp.Hint = "Check that the role exists and may log in (docs/security.md shows how to create it) and that GATEKEEPER_AUTH_PASSWORD is its password (in token mode: that the token command mints tokens for it)."
-		return &clientError{resp, "auth-query-failed"}
+		return &clientError{resp, reasons.AuthQueryFailed}
 	}
 	resp, _ := backendErrorResponse(err)
 	resp.Message = "querycop cannot look up passwords: " + resp.Message
-	return &clientError{resp, "auth-query-failed"}
+	return &clientError{resp, reasons.AuthQueryFailed}
 }
 
 // queryError says why GATEKEEPER_AUTH_QUERY failed on the server.
@@ -343,7 +345,7 @@ func (aq *authQuery) queryError(pgErr *pgconn.PgError) *clientError {
 	resp := fatal(codeInvalidAuthorization, fmt.Sprintf(
 		"querycop cannot look up passwords: the auth query (GATEKEEPER_AUTH_QUERY) failed: %s (SQLSTATE %s)", pgErr.Message, pgErr.Code))
 	resp.Hint = fmt.Sprintf("Create the lookup function in database %q and grant EXECUTE on it to %q, as docs/security.md shows.", aq.database, aq.user)
-	return &clientError{resp, "auth-query-failed"}
+	return &clientError{resp, reasons.AuthQueryFailed}
 }
 
 // armIdle (re)starts the idle timer; called holding connSem.

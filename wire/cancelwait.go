@@ -7,6 +7,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/querycop/querycop/pool"
@@ -106,7 +108,7 @@ func (ss *session) writeClient(buf []byte) error {
 // extended-protocol batch) is read and dropped, and ReadyForQuery 'I'
 // sent. It returns what the client sent after the batch, or the reason
 // the session must end.
-func (ss *session) skipCancelled(pending []byte) (rest []byte, reason string) {
+func (ss *session) skipCancelled(pending []byte) (rest []byte, reason reasons.Reason) {
 	buf := append([]byte(nil), pending...)
 	sentErr := false
 	limit := ss.srv.cfg.MaxMessageSize
@@ -116,15 +118,15 @@ func (ss *session) skipCancelled(pending []byte) (rest []byte, reason string) {
 			length := int(binary.BigEndian.Uint32(buf[1:5]))
 			if length < 4 || length > maxFrameLen || (limit > 0 && length-4 > limit) {
 				ss.send(fatal(codeProtocolViolation, errBadFrame.Error()))
-				return nil, "protocol-violation"
+				return nil, reasons.ProtocolViolation
 			}
 			if typ == 'X' {
-				return nil, "client-close"
+				return nil, reasons.ClientClose
 			}
 			if !sentErr {
 				b, _ := canceledError().Encode(nil)
 				if err := ss.writeClient(b); err != nil {
-					return nil, "client-gone"
+					return nil, reasons.ClientGone
 				}
 				sentErr = true
 			}
@@ -140,7 +142,7 @@ func (ss *session) skipCancelled(pending []byte) (rest []byte, reason string) {
 			if typ == 'Q' || typ == 'F' || typ == 'S' {
 				b, _ := (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
 				if err := ss.writeClient(b); err != nil {
-					return nil, "client-gone"
+					return nil, reasons.ClientGone
 				}
 				return buf, ""
 			}
@@ -152,16 +154,16 @@ func (ss *session) skipCancelled(pending []byte) (rest []byte, reason string) {
 			return nil, ss.readEnd(err)
 		}
 	}
-	return nil, "protocol-violation"
+	return nil, reasons.ProtocolViolation
 }
 
 // readEnd names why a read from the client failed outside the relay.
-func (ss *session) readEnd(err error) string {
+func (ss *session) readEnd(err error) reasons.Reason {
 	if ss.killed.Load() {
-		return "shutdown"
+		return reasons.Shutdown
 	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		ss.log.Debug().Err(err).Msg("client read failed")
 	}
-	return "client-gone"
+	return reasons.ClientGone
 }

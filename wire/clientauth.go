@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/querycop/querycop/backend"
 )
 
@@ -50,7 +52,7 @@ func (ss *session) authenticateKnown(user string) (cred clientCredential, handle
 	addr := remoteIP(ss.conn)
 	if srv.failures.blocked(addr) {
 		return clientCredential{}, true, &clientError{fatal(codeInvalidAuthorization,
-			"too many failed logins from this address; try again in a minute"), "login-rate-limited"}
+			"too many failed logins from this address; try again in a minute"), reasons.LoginRateLimited}
 	}
 	var entry *authEntry
 	if srv.auth != nil {
@@ -85,14 +87,14 @@ func (ss *session) authenticateKnown(user string) (cred clientCredential, handle
 			// the old secret: the client's next try reads it afresh.
 			srv.authQuery.invalidate(user, false)
 		}
-		return clientCredential{}, true, &clientError{fatal(codeInvalidPassword, "password authentication failed for user "+quoteName(user)), "client-auth-failed"}
+		return clientCredential{}, true, &clientError{fatal(codeInvalidPassword, "password authentication failed for user "+quoteName(user)), reasons.ClientAuthFailed}
 	}
 	if err == nil && !srv.tokenMode && cred.password == "" && cred.scram == nil {
 		// An MD5 entry proves the client knows the password but gives
 		// nothing to log in to PostgreSQL with. Start-up refuses them in
 		// pass-through mode; one added later by a reload lands here.
 		return clientCredential{}, true, &clientError{fatal(codeInvalidAuthorization, fmt.Sprintf(
-			"user %s has an MD5 entry in GATEKEEPER_CLIENT_AUTH_FILE, but pass-through mode logs in to PostgreSQL with the password or SCRAM keys, which an MD5 hash does not give: use the user's SCRAM secret from pg_authid or a plain-text entry", quoteName(user))), "client-auth-failed"}
+			"user %s has an MD5 entry in GATEKEEPER_CLIENT_AUTH_FILE, but pass-through mode logs in to PostgreSQL with the password or SCRAM keys, which an MD5 hash does not give: use the user's SCRAM secret from pg_authid or a plain-text entry", quoteName(user))), reasons.ClientAuthFailed}
 	}
 	return cred, true, err
 }

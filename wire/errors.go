@@ -3,6 +3,8 @@ package wire
 import (
 	"errors"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -32,7 +34,7 @@ func fatal(code, msg string) *pgproto3.ErrorResponse {
 // backendErrorResponse turns a failure to get a backend into what the client
 // sees: the server's own error unchanged, or a FATAL with the documented
 // text. reason is the short close reason for the log and metrics.
-func backendErrorResponse(err error) (resp *pgproto3.ErrorResponse, reason string) {
+func backendErrorResponse(err error) (resp *pgproto3.ErrorResponse, reason reasons.Reason) {
 	var pgErr *pgconn.PgError
 	var tokErr *token.Error
 	var tlsErr *backend.TLSError
@@ -41,19 +43,19 @@ func backendErrorResponse(err error) (resp *pgproto3.ErrorResponse, reason strin
 	var poolsErr *pool.TooManyPoolsError
 	switch {
 	case errors.As(err, &poolsErr):
-		return fatal(codeTooManyConnections, poolsErr.Error()), "max-pools"
+		return fatal(codeTooManyConnections, poolsErr.Error()), reasons.MaxPools
 	case errors.As(err, &timeoutErr):
-		return fatal(codeTooManyConnections, timeoutErr.Error()), "acquire-timeout"
+		return fatal(codeTooManyConnections, timeoutErr.Error()), reasons.AcquireTimeout
 	case errors.As(err, &pausedErr):
-		return fatal(codeCannotConnectNow, pausedErr.Error()), "paused"
+		return fatal(codeCannotConnectNow, pausedErr.Error()), reasons.Paused
 	case errors.As(err, &pgErr):
-		return fromPgError(pgErr), "backend-refused"
+		return fromPgError(pgErr), reasons.BackendRefused
 	case errors.As(err, &tokErr):
-		return fatal(codeCannotConnect, tokErr.Error()), "token-failed"
+		return fatal(codeCannotConnect, tokErr.Error()), reasons.TokenFailed
 	case errors.As(err, &tlsErr):
-		return fatal(codeCannotConnect, tlsErr.Error()), "backend-tls"
+		return fatal(codeCannotConnect, tlsErr.Error()), reasons.BackendTLS
 	default:
-		return fatal(codeCannotConnect, err.Error()), "backend-down"
+		return fatal(codeCannotConnect, err.Error()), reasons.BackendDown
 	}
 }
 
@@ -81,7 +83,7 @@ func fromPgError(e *pgconn.PgError) *pgproto3.ErrorResponse {
 }
 
 // reasonOf is the close reason for a failure to get a backend.
-func reasonOf(err error) string {
+func reasonOf(err error) reasons.Reason {
 	_, reason := backendErrorResponse(err)
 	return reason
 }

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/rs/zerolog"
 )
 
@@ -101,8 +103,8 @@ func (s *Server) logRefusalSummary() {
 
 // refusalEvent is ev if a refusal line for reason may be logged for this
 // client now, else nil (zerolog ignores a nil event).
-func (ss *session) refusalEvent(ev *zerolog.Event, reason string) *zerolog.Event {
-	if !ss.srv.refusals.allow(reason, remoteIP(ss.conn)) {
+func (ss *session) refusalEvent(ev *zerolog.Event, reason reasons.Reason) *zerolog.Event {
+	if !ss.srv.refusals.allow(string(reason), remoteIP(ss.conn)) {
 		ev.Discard()
 		return nil
 	}

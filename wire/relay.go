@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/querycop/querycop/pool"
 )
 
@@ -22,7 +24,7 @@ var errShuttingDown = errors.New("querycop is shutting down")
 // unblocks the other with a read deadline rather than closing the backend,
 // so that a clean backend can be reset and reused. The returned state tells
 // the pool how the backend was left.
-func (ss *session) relay(back net.Conn, pending []byte) (string, pool.ReleaseState) {
+func (ss *session) relay(back net.Conn, pending []byte) (reasons.Reason, pool.ReleaseState) {
 	fromClient := framer{fromClient: true, maxLen: ss.srv.cfg.MaxMessageSize}
 	fromBack := framer{txStatus: 'I'}
 	var ending atomic.Bool
@@ -59,19 +61,19 @@ func (ss *session) relay(back net.Conn, pending []byte) (string, pool.ReleaseSta
 	switch {
 	case ss.killed.Load(), errors.Is(clientErr, errShuttingDown):
 		state.Clean = false
-		return "shutdown", state
+		return reasons.Shutdown, state
 	case backendFirst && errors.As(backErr, &cw):
-		return "client-gone", state
+		return reasons.ClientGone, state
 	case backendFirst, errors.As(clientErr, &bw):
-		return "backend-gone", pool.ReleaseState{Broken: true}
+		return reasons.BackendGone, pool.ReleaseState{Broken: true}
 	case errors.Is(clientErr, errTerminate):
-		return "client-close", state
+		return reasons.ClientClose, state
 	case errors.Is(clientErr, errBadFrame), errors.Is(clientErr, errTooLarge):
 		state.Clean = false
 		if fromBack.atBoundary() {
 			ss.send(fatal(codeProtocolViolation, clientErr.Error()))
 		}
-		return "protocol-violation", state
+		return reasons.ProtocolViolation, state
 	case errors.As(clientErr, new(*idleTimeoutError)):
 		idle := clientErr.(*idleTimeoutError)
 		if fromBack.atBoundary() {
@@ -79,7 +81,7 @@ func (ss *session) relay(back net.Conn, pending []byte) (string, pool.ReleaseSta
 		}
 		return idle.reason, state
 	default:
-		return "client-gone", state
+		return reasons.ClientGone, state
 	}
 }
 
@@ -194,7 +196,8 @@ func (ss *session) pumpBackend(back net.Conn, f *framer) error {
 // idleTimeoutError is a client closed by GATEKEEPER_CLIENT_IDLE_TIMEOUT or
 // GATEKEEPER_IDLE_IN_TRANSACTION_TIMEOUT.
 type idleTimeoutError struct {
-	code, msg, reason string
+	code, msg string
+	reason    reasons.Reason
 }
 
 func (e *idleTimeoutError) Error() string { return e.msg }
@@ -242,9 +245,9 @@ func (ss *session) idleExpired() bool {
 // idleTimeoutError says which idle timeout ended the session.
 func (ss *session) idleTimeoutError() *idleTimeoutError {
 	if tx := byte(ss.txStatus.Load()); tx == 'T' || tx == 'E' {
-		return &idleTimeoutError{code: "25P03", reason: "idle-in-transaction-timeout",
+		return &idleTimeoutError{code: "25P03", reason: reasons.IdleInTransactionTimeout,
 			msg: "terminating connection due to idle-in-transaction timeout (GATEKEEPER_IDLE_IN_TRANSACTION_TIMEOUT)"}
 	}
-	return &idleTimeoutError{code: "57P05", reason: "client-idle-timeout",
+	return &idleTimeoutError{code: "57P05", reason: reasons.ClientIdleTimeout,
 		msg: "terminating connection due to idle timeout (GATEKEEPER_CLIENT_IDLE_TIMEOUT)"}
 }

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
@@ -120,7 +122,7 @@ func (ss *session) run() {
 	}
 	if ss.overLimit {
 		ss.failStartup(&clientError{fatal(codeTooManyConnections, fmt.Sprintf(
-			"too many clients: GATEKEEPER_MAX_CLIENT_CONN (%d) reached", ss.srv.cfg.MaxClientConn)), "max-clients"})
+			"too many clients: GATEKEEPER_MAX_CLIENT_CONN (%d) reached", ss.srv.cfg.MaxClientConn)), reasons.MaxClients})
 		return
 	}
 	params, settings, err := ss.admit(msg)
@@ -132,12 +134,12 @@ func (ss *session) run() {
 	ss.setView(func(v *ClientInfo) { v.User, v.Database, v.TLS = params.User, params.Database, ss.tls })
 	if ss.srv.cfg.ClientTLS == ClientTLSRequire && !ss.tls {
 		ss.failStartup(&clientError{fatal(codeInvalidAuthorization,
-			"querycop requires TLS from clients (GATEKEEPER_CLIENT_TLS=require); connect with sslmode=require or stronger"), "client-tls-required"})
+			"querycop requires TLS from clients (GATEKEEPER_CLIENT_TLS=require); connect with sslmode=require or stronger"), reasons.ClientTLSRequired})
 		return
 	}
 	if ss.srv.failures.blocked(remoteIP(ss.conn)) {
 		ss.failStartup(&clientError{fatal(codeInvalidAuthorization,
-			"too many failed logins from this address; try again in a minute"), "login-rate-limited"})
+			"too many failed logins from this address; try again in a minute"), reasons.LoginRateLimited})
 		return
 	}
 	if ss.srv.console != nil && ss.srv.console.IsConsole(params.Database) {
@@ -180,7 +182,7 @@ func (ss *session) run() {
 	ss.key = ss.srv.register(ss)
 	if err := ss.handoff(pl.StartupParams(), settings); err != nil {
 		pl.Leave()
-		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client closed during handoff")
+		ss.log.Info().Str("reason", string(reasons.ClientGone)).Err(err).Msg("client closed during handoff")
 		return
 	}
 	ss.srv.counters.login(cred.method)
@@ -207,18 +209,19 @@ func (ss *session) finish(pl *pool.Pool, settings []startupSetting, first []byte
 	defer ss.srv.forget(ss)
 	defer ss.conn.Close()
 	defer pl.Leave()
-	var reason string
+	var reason reasons.Reason
 	switch {
 	case ss.srv.cfg.PoolMode == TransactionMode:
 		reason = ss.serveTransactions(pl, settings, first, readErr)
 	case len(first) == 0:
 		reason = ss.firstReadFailed(readErr)
 	case first[0] == 'X':
-		reason = "client-close"
+		reason = reasons.ClientClose
 	default:
 		reason = ss.attach(pl, settings, first)
 	}
-	ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
+	ss.srv.counters.disconnect(reason)
+	ss.log.Info().Str("reason", string(reason)).Dur("duration", time.Since(ss.since)).Msg("client closed")
 }
 
 // refuse tells the client why it gets no backend, and logs it once.
@@ -226,11 +229,11 @@ func (ss *session) refuse(err error) {
 	resp, reason := backendErrorResponse(err)
 	ss.srv.counters.refuse(reason)
 	ev := ss.log.Warn()
-	if reason == "backend-refused" || reason == "acquire-timeout" {
+	if reason == reasons.BackendRefused || reason == reasons.AcquireTimeout {
 		ev = ss.log.Info()
 	}
 	ev = ss.refusalEvent(ev, reason)
-	ev.Str("reason", reason).Str("error", err.Error()).Msg("client refused: no backend connection")
+	ev.Str("reason", string(reason)).Str("error", err.Error()).Msg("client refused: no backend connection")
 	ss.send(resp)
 }
 
@@ -246,10 +249,10 @@ func (ss *session) awaitFirst() ([]byte, error) {
 }
 
 // firstReadFailed names why a session ended before its first message.
-func (ss *session) firstReadFailed(err error) string {
+func (ss *session) firstReadFailed(err error) reasons.Reason {
 	switch {
 	case ss.killed.Load():
-		return "shutdown"
+		return reasons.Shutdown
 	case ss.idleExpired():
 		idle := ss.idleTimeoutError()
 		ss.send(fatal(idle.code, idle.msg))
@@ -257,11 +260,11 @@ func (ss *session) firstReadFailed(err error) string {
 	case err != nil && !errors.Is(err, io.EOF):
 		ss.log.Debug().Err(err).Msg("client read failed")
 	}
-	return "client-gone"
+	return reasons.ClientGone
 }
 
 // attach takes a backend for the session and relays until it ends.
-func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte) string {
+func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte) reasons.Reason {
 	for {
 		reason, cancelled := ss.attachOnce(pl, settings, first)
 		if !cancelled {
@@ -286,7 +289,7 @@ func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte
 // attachOnce takes a backend for the request in first and relays until
 // the session ends; cancelled reports a CancelRequest that came before the
 // request reached the backend (nothing was sent).
-func (ss *session) attachOnce(pl *pool.Pool, settings []startupSetting, first []byte) (reason string, cancelled bool) {
+func (ss *session) attachOnce(pl *pool.Pool, settings []startupSetting, first []byte) (reason reasons.Reason, cancelled bool) {
 	ctx := ss.waitForBackend()
 	lease, err := pl.Acquire(ctx)
 	if err != nil {
@@ -294,7 +297,7 @@ func (ss *session) attachOnce(pl *pool.Pool, settings []startupSetting, first []
 			return "", true
 		}
 		if ss.killed.Load() {
-			return "shutdown", false
+			return reasons.Shutdown, false
 		}
 		ss.refuse(err)
 		return reasonOf(err), false
@@ -314,12 +317,12 @@ func (ss *session) attachOnce(pl *pool.Pool, settings []startupSetting, first []
 				ss.backendReady(nil)
 				ss.send(resp)
 				lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I'})
-				return "bad-startup", false
+				return reasons.BadStartup, false
 			}
 			ss.backendReady(nil)
 			lease.Release(pool.ReleaseState{Broken: true})
 			ss.send(fatal(codeConnectionFailure, "backend connection failed while applying start-up parameters"))
-			return "backend-gone", false
+			return reasons.BackendGone, false
 		}
 	}
 	if ss.backendReady(lease) {
@@ -408,11 +411,11 @@ func (ss *session) admit(msg *startupMessage) (backend.Params, []startupSetting,
 	// metrics): truncated to NAMEDATALEN-1 bytes.
 	user := truncateName(msg.params["user"])
 	if user == "" {
-		return backend.Params{}, nil, &clientError{fatal(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet"), "bad-startup"}
+		return backend.Params{}, nil, &clientError{fatal(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet"), reasons.BadStartup}
 	}
 	settings, err := clientSettings(msg.params)
 	if err != nil {
-		return backend.Params{}, nil, &clientError{fatal(codeFeatureNotSupported, err.Error()), "bad-startup"}
+		return backend.Params{}, nil, &clientError{fatal(codeFeatureNotSupported, err.Error()), reasons.BadStartup}
 	}
 	db := truncateName(msg.params["database"])
 	if db == "" {
@@ -438,7 +441,7 @@ func (ss *session) admit(msg *startupMessage) (backend.Params, []startupSetting,
 // clientError is a refusal with its own ErrorResponse and close reason.
 type clientError struct {
 	resp   *pgproto3.ErrorResponse
-	reason string
+	reason reasons.Reason
 }
 
 func (e *clientError) Error() string { return e.resp.Message }
@@ -492,32 +495,32 @@ func (ss *session) failStartup(err error) {
 		ss.srv.counters.probes.Add(1)
 		ss.log.Debug().Msg("connection closed without a byte: a TCP probe")
 	case errors.Is(err, errClientGone), errors.Is(err, io.EOF):
-		ss.log.Debug().Str("reason", "client-gone").Msg("client left during start-up")
+		ss.log.Debug().Str("reason", string(reasons.ClientGone)).Msg("client left during start-up")
 	case errors.As(err, &ce):
 		ss.srv.counters.refuse(ce.reason)
-		ss.refusalEvent(ss.log.Info(), ce.reason).Str("reason", ce.reason).Str("error", ce.Error()).Msg("client refused")
+		ss.refusalEvent(ss.log.Info(), ce.reason).Str("reason", string(ce.reason)).Str("error", ce.Error()).Msg("client refused")
 		ss.send(ce.resp)
 	case errors.As(err, &pe):
-		ss.srv.counters.refuse("protocol-violation")
-		ss.refusalEvent(ss.log.Info(), "protocol-violation").Str("reason", "protocol-violation").Str("error", pe.Error()).Msg("client refused")
+		ss.srv.counters.refuse(reasons.ProtocolViolation)
+		ss.refusalEvent(ss.log.Info(), reasons.ProtocolViolation).Str("reason", string(reasons.ProtocolViolation)).Str("error", pe.Error()).Msg("client refused")
 		ss.send(fatal(codeProtocolViolation, pe.Error()))
 	case errors.As(err, &upe):
-		ss.srv.counters.refuse("protocol-violation")
-		ss.refusalEvent(ss.log.Info(), "protocol-violation").Str("reason", "protocol-violation").Str("error", upe.Error()).Msg("client refused")
+		ss.srv.counters.refuse(reasons.ProtocolViolation)
+		ss.refusalEvent(ss.log.Info(), reasons.ProtocolViolation).Str("reason", string(reasons.ProtocolViolation)).Str("error", upe.Error()).Msg("client refused")
 		ss.send(fatal(codeFeatureNotSupported, upe.Error()))
 	case errors.As(err, &te):
 		// Nothing can be sent: the channel is neither plaintext nor TLS.
-		ss.srv.counters.refuse("client-tls")
-		ss.refusalEvent(ss.log.Info(), "client-tls").Str("reason", "client-tls").Str("error", te.Error()).Msg("client refused")
+		ss.srv.counters.refuse(reasons.ClientTLS)
+		ss.refusalEvent(ss.log.Info(), reasons.ClientTLS).Str("reason", string(reasons.ClientTLS)).Str("error", te.Error()).Msg("client refused")
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
-		ss.srv.counters.refuse("login-timeout")
-		ss.refusalEvent(ss.log.Info(), "login-timeout").Str("reason", "login-timeout").Msg("client refused")
+		ss.srv.counters.refuse(reasons.LoginTimeout)
+		ss.refusalEvent(ss.log.Info(), reasons.LoginTimeout).Str("reason", string(reasons.LoginTimeout)).Msg("client refused")
 		ss.send(fatal(codeProtocolViolation, "start-up not completed within GATEKEEPER_CLIENT_LOGIN_TIMEOUT ("+ss.srv.cfg.LoginTimeout.String()+")"))
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		ss.srv.counters.refuse("protocol-violation")
-		ss.refusalEvent(ss.log.Info(), "protocol-violation").Str("reason", "protocol-violation").Msg("client sent an incomplete start-up packet")
+		ss.srv.counters.refuse(reasons.ProtocolViolation)
+		ss.refusalEvent(ss.log.Info(), reasons.ProtocolViolation).Str("reason", string(reasons.ProtocolViolation)).Msg("client sent an incomplete start-up packet")
 	default:
-		ss.log.Info().Str("reason", "client-gone").Err(err).Msg("client start-up failed")
+		ss.log.Info().Str("reason", string(reasons.ClientGone)).Err(err).Msg("client start-up failed")
 	}
 }
 

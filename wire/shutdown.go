@@ -3,6 +3,8 @@ package wire
 import (
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -121,7 +123,7 @@ func (ss *session) closeIfDraining() {
 	}
 	ss.gateMu.Unlock()
 	if now {
-		ss.kill(shutdownError(), "shutdown")
+		ss.kill(shutdownError(), reasons.Shutdown)
 	}
 }
 
@@ -130,7 +132,7 @@ func (ss *session) forceClose() {
 	ss.gateMu.Lock()
 	ss.gateClosed = true
 	ss.gateMu.Unlock()
-	ss.kill(shutdownError(), "shutdown")
+	ss.kill(shutdownError(), reasons.Shutdown)
 }
 
 func shutdownError() *pgproto3.ErrorResponse {
@@ -139,11 +141,11 @@ func shutdownError() *pgproto3.ErrorResponse {
 
 // kill ends a session from outside (shutdown): the client gets resp, within
 // shutdownWriteWait, and both sockets are unblocked.
-func (ss *session) kill(resp *pgproto3.ErrorResponse, reason string) {
+func (ss *session) kill(resp *pgproto3.ErrorResponse, reason reasons.Reason) {
 	if !ss.killed.CompareAndSwap(false, true) {
 		return
 	}
-	ss.sharedLog().Info().Str("reason", reason).Msg("closing client")
+	ss.sharedLog().Info().Str("reason", string(reason)).Msg("closing client")
 	ss.gateMu.Lock()
 	if ss.waitCancel != nil {
 		ss.waitCancel() // a request waiting for a backend: it will not get one

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -113,8 +115,8 @@ func (ss *session) failSettings(se *settingsError) {
 	resp.Severity, resp.SeverityUnlocalized = "FATAL", "FATAL"
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
 	buf, _ = resp.Encode(buf)
-	ss.srv.counters.refuse("bad-startup")
-	ss.refusalEvent(ss.log.Info(), "bad-startup").Str("reason", "bad-startup").Str("error", clip(resp.Message)).Msg("client refused")
+	ss.srv.counters.refuse(reasons.BadStartup)
+	ss.refusalEvent(ss.log.Info(), reasons.BadStartup).Str("reason", string(reasons.BadStartup)).Str("error", clip(resp.Message)).Msg("client refused")
 	ss.writeMu.Lock()
 	defer ss.writeMu.Unlock()
 	_ = ss.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))

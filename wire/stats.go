@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/querycop/querycop/internal/reasons"
 )
 
 // ClientInfo describes one connected client for the admin API.
@@ -44,6 +46,8 @@ type Stats struct {
 	// is how many are pinned now.
 	Pins          map[string]int64 `json:"pins_by_reason"`
 	PinnedClients int64            `json:"pinned_clients"`
+	// Disconnects counts sessions that ended after start-up, by reason.
+	Disconnects map[string]int64 `json:"disconnects_by_reason"`
 
 	// Logins counts clients authenticated, by the method the client leg
 	// used (see loginMethods); AuthQuery counts auth query lookups by
@@ -84,10 +88,20 @@ type serverCounters struct {
 	// console's SHOW STATS. Guarded, like ended, by Server.mu.
 	endedByDB map[string]*relayCounters
 
-	mu      sync.Mutex
-	refused map[string]int64
-	pins    map[string]int64
-	logins  map[string]int64
+	mu          sync.Mutex
+	refused     map[string]int64
+	pins        map[string]int64
+	logins      map[string]int64
+	disconnects map[string]int64
+}
+
+func (c *serverCounters) disconnect(reason reasons.Reason) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.disconnects == nil {
+		c.disconnects = map[string]int64{}
+	}
+	c.disconnects[string(reason)]++
 }
 
 func (c *serverCounters) login(method string) {
@@ -108,13 +122,13 @@ func (c *serverCounters) pin(reason pinReason) {
 	c.pins[string(reason)]++
 }
 
-func (c *serverCounters) refuse(reason string) {
+func (c *serverCounters) refuse(reason reasons.Reason) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.refused == nil {
 		c.refused = map[string]int64{}
 	}
-	c.refused[reason]++
+	c.refused[string(reason)]++
 }
 
 // sessionEnded keeps an ended session's totals, overall and by database.
@@ -207,6 +221,10 @@ func (s *Server) Stats() Stats {
 	}
 	for k, v := range s.counters.pins {
 		st.Pins[k] = v
+	}
+	st.Disconnects = map[string]int64{}
+	for k, v := range s.counters.disconnects {
+		st.Disconnects[k] = v
 	}
 	st.Logins = make(map[string]int64, len(loginMethods))
 	for _, m := range loginMethods {

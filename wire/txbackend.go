@@ -8,6 +8,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/querycop/querycop/pool"
@@ -95,7 +97,7 @@ const inlineWait = 10 * time.Millisecond
 // backend goes back to the pool), when everything is answered inside a
 // transaction, when the server waits for COPY data, or after inlineWait;
 // it returns the reason the session must end, or "".
-func (tx *txSession) answerInline() string {
+func (tx *txSession) answerInline() reasons.Reason {
 	tx.mu.Lock()
 	att := tx.att
 	wait := att != nil && !att.pumping && att.lastSettled && att.sent > att.answered
@@ -114,7 +116,7 @@ func (tx *txSession) answerInline() string {
 				// deadline on the backend, which goes back to the pool.
 				_ = att.conn.SetWriteDeadline(time.Time{})
 				tx.endAttachment(att, leftover)
-				return "client-gone"
+				return reasons.ClientGone
 			}
 			tx.endAttachment(att, leftover)
 			return ""
@@ -130,11 +132,11 @@ func (tx *txSession) answerInline() string {
 			var cw *clientWriteError
 			switch {
 			case tx.ss.killed.Load():
-				return "shutdown"
+				return reasons.Shutdown
 			case errors.As(err, &cw):
-				return "client-gone"
+				return reasons.ClientGone
 			default:
-				return "backend-gone"
+				return reasons.BackendGone
 			}
 		}
 		tx.mu.Lock()
@@ -173,20 +175,20 @@ type settingsError struct{ err *pgconn.PgError }
 func (e *settingsError) Error() string { return e.err.Message }
 
 // failAttach tells the client why it got no backend.
-func (tx *txSession) failAttach(err error) string {
+func (tx *txSession) failAttach(err error) reasons.Reason {
 	var se *settingsError
 	if errors.As(err, &se) {
 		resp := fromPgError(se.err)
 		resp.Severity, resp.SeverityUnlocalized = "FATAL", "FATAL"
 		tx.ss.send(resp)
-		return "bad-startup"
+		return reasons.BadStartup
 	}
 	var bw *backendWriteError
 	if errors.As(err, &bw) {
-		return "backend-gone"
+		return reasons.BackendGone
 	}
 	if errors.Is(err, errShuttingDown) {
-		return "shutdown" // the client gets 57P01 from shutdown
+		return reasons.Shutdown // the client gets 57P01 from shutdown
 	}
 	tx.ss.refuse(err)
 	return reasonOf(err)
@@ -448,7 +450,7 @@ func (tx *txSession) onParameterStatus(att *attachment, body []byte) {
 }
 
 // finish ends the attachment of a client that is leaving.
-func (tx *txSession) finish(att *attachment, reason string) {
+func (tx *txSession) finish(att *attachment, reason reasons.Reason) {
 	tx.mu.Lock()
 	pumping := att.pumping
 	tx.mu.Unlock()
@@ -474,8 +476,8 @@ func (tx *txSession) finish(att *attachment, reason string) {
 	st := pool.ReleaseState{
 		TxStatus:  att.txStatus,
 		Busy:      att.sent > att.answered,
-		Clean:     att.sent == att.answered && att.lastSettled && reason != "protocol-violation" && reason != "shutdown",
-		Broken:    backendFailed || errors.Is(err, io.EOF) || reason == "backend-gone",
+		Clean:     att.sent == att.answered && att.lastSettled && reason != reasons.ProtocolViolation && reason != reasons.Shutdown,
+		Broken:    backendFailed || errors.Is(err, io.EOF) || reason == reasons.BackendGone,
 		KeepState: true,
 	}
 	st = tx.sessionReset(att, st)

@@ -9,6 +9,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/querycop/querycop/internal/reasons"
+
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/pool"
 )
@@ -165,7 +167,7 @@ func bytesView(b []byte) string {
 
 // first and firstErr are the client's first read, made in afterStartup's
 // shallow frame.
-func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, first []byte, firstErr error) string {
+func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, first []byte, firstErr error) reasons.Reason {
 	tx := &txSession{ss: ss, pl: pl, stmts: map[string]*clientStmt{}, settings: map[string]string{}}
 	for _, st := range startup {
 		tx.settings[lowerASCII(st.name)] = setQuery([]startupSetting{st})
@@ -174,7 +176,7 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, fi
 	tx.fp = fingerprint(tx.settings)
 	// Between transactions the client waits in awaitFirst, whose shallow
 	// stack is all an idle client holds.
-	var reason string
+	var reason reasons.Reason
 	for {
 		if len(first) == 0 {
 			reason = ss.firstReadFailed(firstErr)
@@ -202,7 +204,7 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, fi
 // serve processes client messages, starting with first, until the client
 // leaves (the reason is returned) or is between transactions with nothing
 // more to read ("").
-func (tx *txSession) serve(first []byte) string {
+func (tx *txSession) serve(first []byte) reasons.Reason {
 	ss := tx.ss
 	var small [128]byte
 	buf := small[:]
@@ -220,7 +222,7 @@ func (tx *txSession) serve(first []byte) string {
 			typ, body, n := nextMessage(buf[r:w])
 			if n < 0 {
 				ss.send(fatal(codeProtocolViolation, "invalid message length from client"))
-				return "protocol-violation"
+				return reasons.ProtocolViolation
 			}
 			if n == 0 {
 				break
@@ -230,7 +232,7 @@ func (tx *txSession) serve(first []byte) string {
 				if err := tx.flush(&out); err != nil {
 					return reasonForWrite(err)
 				}
-				return "client-close"
+				return reasons.ClientClose
 			}
 			var err error
 			out, err = tx.handle(out, typ, body)
@@ -262,7 +264,7 @@ func (tx *txSession) serve(first []byte) string {
 		if need := neededLen(buf[:w]); need > len(buf) {
 			if limit := ss.srv.cfg.MaxMessageSize; need > maxClientMessage || (limit > 0 && need-5 > limit) {
 				ss.send(fatal(codeProtocolViolation, errTooLarge.Error()))
-				return "protocol-violation"
+				return reasons.ProtocolViolation
 			}
 			// Grow with the data, never to the length a client merely
 			// claims: a header announcing 250 MiB costs nothing until the
@@ -284,24 +286,24 @@ func (tx *txSession) serve(first []byte) string {
 		w += n
 		if err != nil && n == 0 {
 			if ss.killed.Load() {
-				return "shutdown"
+				return reasons.Shutdown
 			}
 			if ss.idleExpired() {
 				idle := ss.idleTimeoutError()
 				ss.send(fatal(idle.code, idle.msg))
 				return idle.reason
 			}
-			return "client-gone"
+			return reasons.ClientGone
 		}
 	}
 }
 
-func reasonForWrite(err error) string {
+func reasonForWrite(err error) reasons.Reason {
 	var ce *clientWriteError
 	if errors.As(err, &ce) {
-		return "client-gone"
+		return reasons.ClientGone
 	}
-	return "backend-gone"
+	return reasons.BackendGone
 }
 
 // nextMessage returns the first complete message in b and its size, 0 when
