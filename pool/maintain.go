@@ -41,9 +41,38 @@ func (pl *Pool) maintain() {
 	// Retire one tick early, so an Acquire rarely finds a connection
 	// expired and makes its client wait for a dial.
 	horizon := time.Now().Add(pl.ps.tick)
+
+	// While the janitor holds idle connections, a client finding none
+	// idle would open one more than the size allows; so the janitor holds
+	// a limiter slot for each connection it examines, and gives each back
+	// with its connection. (Paused, no client gets a slot.)
+	slots := 0
+	if !paused {
+		for n := int(cur.Stat().IdleResources()); slots < n && pl.lim.tryAcquire(); slots++ {
+		}
+	}
+	done := func() {
+		if slots > 0 {
+			slots--
+			pl.lim.release()
+		}
+	}
+	defer func() {
+		for slots > 0 {
+			done()
+		}
+	}()
+	idle := cur.AcquireAllIdle()
+	if !paused && len(idle) > slots {
+		for _, res := range idle[slots:] {
+			res.ReleaseUnused() // examined at a later tick
+		}
+		idle = idle[:slots]
+	}
+
 	var retiring []*puddle.Resource[*conn]
 	total := int(cur.Stat().TotalResources())
-	for _, res := range cur.AcquireAllIdle() {
+	for _, res := range idle {
 		c := res.Value()
 		switch {
 		case paused:
@@ -54,6 +83,7 @@ func (pl *Pool) maintain() {
 			total--
 		case c.retired(horizon):
 			retiring = append(retiring, res)
+			continue
 		case res.IdleDuration() > cfg.MaxConnIdleTime && total > cfg.MinIdle:
 			pl.destroy(res, reasons.Idle)
 			total--
@@ -65,6 +95,7 @@ func (pl *Pool) maintain() {
 			// wait for it.
 			res.ReleaseUnused()
 		}
+		done()
 	}
 	for _, res := range retiring {
 		// Replace only connections that were in use lately; an idle pool
@@ -76,6 +107,7 @@ func (pl *Pool) maintain() {
 		}
 		pl.destroy(res, reasons.Lifetime)
 		pl.stats.retired.Add(1)
+		done()
 		if replace {
 			pl.createQuietly()
 		}

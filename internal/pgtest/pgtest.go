@@ -388,15 +388,23 @@ func postgresUser() (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
-// freePort asks the kernel for a free loopback port. Another process could
-// take it before the server binds it, which is unlikely enough for tests.
+// freePort picks a free loopback port below Linux's ephemeral range
+// (32768-60999): a port the kernel hands out for port 0 lies inside it, and
+// any outgoing connection can take it between this check and the server's
+// bind. Ports below the range are only ever taken by an explicit bind.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding free port: %w", err)
+	const low, high = 20000, 32768
+	start := low + int(time.Now().UnixNano()%int64(high-low))
+	for i := 0; i < high-low; i++ {
+		port := low + (start-low+i*7919)%(high-low) // a prime stride spreads concurrent runs
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("finding free port: none free in %d-%d", low, high-1)
 }
 
 func appendFile(name, s string) error {
