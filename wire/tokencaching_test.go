@@ -37,6 +37,9 @@ import (
 // (equal to the command's cache threshold, as the default 5m equals az's);
 // transaction mode a margin 1s larger, so the command answers with its
 // cached token first.
+// grantMu serialises the tests' GRANT ... ON DATABASE statements.
+var grantMu sync.Mutex
+
 func TestTokenCachingCommand(t *testing.T) {
 	c := pgtest.Require(t)
 	psql, err := exec.LookPath("psql")
@@ -61,10 +64,18 @@ func TestTokenCachingCommand(t *testing.T) {
 			role := "tok_cache_" + string(tc.mode)
 			dir := t.TempDir()
 			ctx := context.Background()
-			if err := c.Exec(ctx, fmt.Sprintf("drop role if exists %[1]s; create role %[1]s login; grant all on database %[2]s to %[1]s", role, pgtest.Database)); err != nil {
+			// GRANT ON DATABASE rewrites one catalog row: the two subtests
+			// would fail with "tuple concurrently updated" if they ran it at
+			// the same moment.
+			grantMu.Lock()
+			err := c.Exec(ctx, fmt.Sprintf("drop role if exists %[1]s; create role %[1]s login; grant all on database %[2]s to %[1]s", role, pgtest.Database))
+			grantMu.Unlock()
+			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() {
+				grantMu.Lock()
+				defer grantMu.Unlock()
 				_ = c.Exec(context.Background(), fmt.Sprintf("revoke all on database %[2]s from %[1]s; drop role %[1]s", role, pgtest.Database))
 			})
 
