@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/internal/reasons"
 )
 
 // Console is PgBouncer's admin console on the pool port: a virtual database
@@ -82,7 +83,7 @@ func (ss *session) runConsole(params backend.Params) {
 	ss.log.Info().Bool("tls", ss.tls).Msg("admin console session started")
 	reason := ss.srv.console.Serve(&consoleConn{Conn: ss.conn, mu: &ss.writeMu}, params.User, ss.log)
 	if ss.killed.Load() {
-		reason = "shutdown"
+		reason = string(reasons.Shutdown)
 	}
 	ss.log.Info().Str("reason", reason).Dur("duration", time.Since(ss.since)).Msg("client closed")
 }
