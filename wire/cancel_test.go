@@ -13,11 +13,11 @@ import (
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
 	"github.com/querycop/querycop/internal/testkit"
-	"github.com/querycop/querycop/wire"
 )
 
-// cancelModes are the pool modes whose waiting requests a cancel ends.
-var cancelModes = []wire.PoolMode{wire.SessionMode}
+// cancelModes are the pool modes whose waiting requests a cancel ends:
+// both.
+var cancelModes = fltModes
 
 // saturate holds every backend of a pool of size n with pg_sleep until the
 // test ends (the sleeps are cancelled then).
@@ -162,4 +162,31 @@ func errString(err error) string {
 		return "answered"
 	}
 	return err.Error()
+}
+
+// A cancel that comes after its query finished has nothing to cancel, as
+// on a direct connection: the client's next query is not cancelled.
+func TestLateCancelSparesTheNextQuery(t *testing.T) {
+	c := pgtest.Require(t)
+	for _, mode := range cancelModes {
+		t.Run(string(mode), func(t *testing.T) {
+			g := startGateway(t, backendConfig(c, backend.TLSDisable), fltMode(mode))
+			client := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			for i := range 20 {
+				queryValue(t, client, "select 1")
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if err := client.CancelRequest(ctx); err != nil {
+					t.Fatal(err)
+				}
+				cancel()
+				time.Sleep(20 * time.Millisecond) // the cancel has been handled
+				ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+				v, err := testkit.Query(ctx, client, "select 'next'")
+				cancel()
+				if err != nil || v != "next" {
+					t.Fatalf("round %d: the query after a late cancel: %q, %v", i, v, err)
+				}
+			}
+		})
+	}
 }

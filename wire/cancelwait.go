@@ -28,12 +28,13 @@ import (
 
 // A cancel can overtake its own request: the client sends the request,
 // then the CancelRequest on a new connection, and the gateway may handle
-// the second before its session goroutine has read the first. A cancel
-// that finds a session which never had a request forwarded is therefore
-// kept for earlyCancelWindow, and ends the first request read in that
-// time. (Once a request has been forwarded, a cancel with nothing to
-// cancel is dropped, as PostgreSQL drops one for an idle backend: it may
-// be a late cancel of a request that has finished.)
+// the second before its session goroutine has read the first, or before
+// it has started to wait for a backend. A cancel that finds a request on
+// its way (bytes read and no backend yet, bytes still in the socket, or a
+// session-mode client that never had a request forwarded) is therefore
+// kept for earlyCancelWindow, and ends the next wait for a backend. A
+// cancel with nothing on its way is dropped, as PostgreSQL drops one for
+// an idle backend: it may be a late cancel of a request that has finished.
 const earlyCancelWindow = time.Second
 
 // waitForBackend registers the session as waiting for a backend and
@@ -46,9 +47,17 @@ func (ss *session) waitForBackend() context.Context {
 		ss.cancelReq = true
 		cancel()
 	}
-	ss.earlyCancel = time.Time{}
+	ss.earlyCancel, ss.reqRead = time.Time{}, false
 	ss.gateMu.Unlock()
 	return ctx
+}
+
+// requestRead notes that the client's next request has started to
+// arrive while no backend is attached (awaitFirst read it).
+func (ss *session) requestRead() {
+	ss.gateMu.Lock()
+	ss.reqRead = true
+	ss.gateMu.Unlock()
 }
 
 // backendReady ends the wait: the request is about to be forwarded on
@@ -75,8 +84,14 @@ func (ss *session) cancelWaiting() bool {
 	ss.gateMu.Lock()
 	defer ss.gateMu.Unlock()
 	if ss.waitCancel == nil {
-		if ss.srv.cfg.PoolMode != TransactionMode && !ss.forwarded && ss.lease.Load() == nil {
-			ss.earlyCancel = time.Now() // for the request it overtook
+		if ss.lease.Load() != nil {
+			return false
+		}
+		// No request has a backend. If one is on its way (read, or still
+		// in the socket, or the session never had a request forwarded in
+		// session mode), the cancel is for it.
+		if ss.reqRead || unreadInput(ss.conn) || (ss.srv.cfg.PoolMode != TransactionMode && !ss.forwarded) {
+			ss.earlyCancel = time.Now()
 			return true
 		}
 		return false
@@ -84,6 +99,36 @@ func (ss *session) cancelWaiting() bool {
 	ss.cancelReq = true
 	ss.waitCancel()
 	return true
+}
+
+// errCancelled is a request whose wait for a backend a CancelRequest ended.
+var errCancelled = errors.New("cancelled while waiting for a backend")
+
+// endsBatch reports whether a client message of type typ ends a batch:
+// the server answers it with ReadyForQuery.
+func endsBatch(typ byte) bool { return typ == 'Q' || typ == 'F' || typ == 'S' }
+
+// endsBatch is endsBatch, for the transaction-mode client side.
+func (ss *session) endsBatch(typ byte) bool { return endsBatch(typ) }
+
+// answerCancelled answers the message of type typ whose wait for a backend
+// was cancelled: the 57014 error, and ReadyForQuery too if the message
+// ends its batch. skipping reports that the rest of the batch, up to its
+// Sync, must be dropped (then answerCancelledEnd answers the Sync).
+func (ss *session) answerCancelled(typ byte) (skipping bool, err error) {
+	b, _ := canceledError().Encode(nil)
+	if endsBatch(typ) {
+		b, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(b)
+	}
+	err = ss.writeClient(b)
+	ss.endTx() // between transactions again: attach marked it busy
+	return !endsBatch(typ), err
+}
+
+// answerCancelledEnd answers the Sync that ends a cancelled batch.
+func (ss *session) answerCancelledEnd() error {
+	b, _ := (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
+	return ss.writeClient(b)
 }
 
 func canceledError() *pgproto3.ErrorResponse {

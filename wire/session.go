@@ -66,6 +66,7 @@ type session struct {
 	cancelReq   bool               // a CancelRequest came during the wait
 	forwarded   bool               // a request was forwarded to a backend once
 	earlyCancel time.Time          // a CancelRequest that may have overtaken its request
+	reqRead     bool               // a request was read and has no backend yet
 
 	overLimit bool // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
 
@@ -245,6 +246,9 @@ func (ss *session) awaitFirst() ([]byte, error) {
 	buf := make([]byte, 64)
 	ss.armIdle()
 	n, err := ss.conn.Read(buf)
+	if n > 0 {
+		ss.requestRead()
+	}
 	return buf[:n], err
 }
 

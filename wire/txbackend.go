@@ -29,8 +29,11 @@ func (tx *txSession) attach() (*attachment, error) {
 		return nil, errShuttingDown
 	}
 	start := time.Now()
-	lease, err := tx.pl.Acquire(ss.srv.ctx)
+	lease, err := tx.pl.Acquire(ss.waitForBackend())
 	if err != nil {
+		if ss.backendReady(nil) {
+			return nil, errCancelled
+		}
 		return nil, err
 	}
 	ss.rc.waitNanos.Add(int64(time.Since(start)))
@@ -53,6 +56,10 @@ func (tx *txSession) attach() (*attachment, error) {
 		}
 		state.settings = cloneMap(tx.settings)
 		state.settingsFP = tx.fp
+	}
+	if ss.backendReady(lease) {
+		lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
+		return nil, errCancelled
 	}
 	att := &attachment{lease: lease, conn: conn.NetConn(), state: state, since: time.Now(),
 		txStatus: 'I', lastSettled: true,

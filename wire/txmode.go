@@ -154,6 +154,9 @@ type txSession struct {
 	// it does not.
 	pinned pinReason
 	scan   sqlScanner // the client side's, reused for every statement
+	// skipping: the client side drops the rest of a batch that was
+	// cancelled while it waited for a backend (cancelwait.go).
+	skipping bool
 }
 
 // bytesView reads b as a string without copying it. The string must not
@@ -234,8 +237,22 @@ func (tx *txSession) serve(first []byte) reasons.Reason {
 				}
 				return reasons.ClientClose
 			}
+			if tx.skipping { // the rest of a batch cancelled before it had a backend
+				if tx.skipping = !ss.endsBatch(typ); !tx.skipping {
+					if err := ss.answerCancelledEnd(); err != nil {
+						return "client-gone"
+					}
+				}
+				continue
+			}
 			var err error
 			out, err = tx.handle(out, typ, body)
+			if errors.Is(err, errCancelled) {
+				if tx.skipping, err = ss.answerCancelled(typ); err != nil {
+					return "client-gone"
+				}
+				continue
+			}
 			if err != nil {
 				return tx.failAttach(err)
 			}

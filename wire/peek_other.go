@@ -1,0 +1,8 @@
+//go:build !unix
+
+package wire
+
+import "net"
+
+// unreadInput cannot look into the socket here.
+func unreadInput(net.Conn) bool { return false }
