@@ -245,6 +245,8 @@ func (s *Server) newSession(conn net.Conn) *session {
 		since: time.Now(),
 		view:  ClientInfo{ID: id, Address: conn.RemoteAddr().String(), State: "login", ConnectedSince: time.Now()},
 	}
+	c := conn
+	ss.connShared.Store(&c)
 	ss.setLog(s.log.With().Uint64("conn_id", id).Str("client", conn.RemoteAddr().String()).Logger())
 	s.mu.Lock()
 	s.live[ss] = struct{}{}

@@ -49,6 +49,10 @@ type session struct {
 	tls       bool
 	tlsCert   *tls.Certificate // served to the client, for SCRAM channel binding
 
+	// connShared is conn for other goroutines (shutdown): start-up
+	// replaces conn with its TLS layer.
+	connShared atomic.Pointer[net.Conn]
+
 	lease   atomic.Pointer[pool.Lease] // the attached backend, for cancel
 	writeMu sync.Mutex                 // client writes: relay vs. kill
 	killed  atomic.Bool
@@ -377,6 +381,8 @@ func (ss *session) startup() (*startupMessage, error) {
 				return nil, &tlsHandshakeError{err}
 			}
 			ss.conn = tc
+			shared := net.Conn(tc)
+			ss.connShared.Store(&shared)
 			ss.tls = true
 			gssDone = true
 		case pkt.code == codeGSSENCRequest && !gssDone:

@@ -151,20 +151,21 @@ func (ss *session) kill(resp *pgproto3.ErrorResponse, reason reasons.Reason) {
 		ss.waitCancel() // a request waiting for a backend: it will not get one
 	}
 	ss.gateMu.Unlock()
+	conn := *ss.connShared.Load()
 	buf, _ := resp.Encode(nil)
 	deadline := time.Now().Add(shutdownWriteWait)
 	if !ss.writeMu.TryLock() {
 		// The relay is writing to the client, perhaps one that does not
 		// read: that write gets the same deadline, so the lock comes free.
-		_ = ss.conn.SetWriteDeadline(deadline)
+		_ = conn.SetWriteDeadline(deadline)
 		ss.writeMu.Lock()
 	}
-	_ = ss.conn.SetWriteDeadline(deadline)
-	_, _ = ss.conn.Write(buf)
+	_ = conn.SetWriteDeadline(deadline)
+	_, _ = conn.Write(buf)
 	ss.writeMu.Unlock()
 	// Under idleMu, so armIdle cannot put a later read deadline back.
 	ss.idleMu.Lock()
-	_ = ss.conn.SetReadDeadline(time.Now())
+	_ = conn.SetReadDeadline(time.Now())
 	ss.idleMu.Unlock()
 	if lease := ss.lease.Load(); lease != nil {
 		_ = lease.Conn().NetConn().SetReadDeadline(time.Now())
