@@ -273,8 +273,17 @@ func (s *Server) register(ss *session) cancelKey {
 	}
 }
 
+// uncount takes ss out of the connected count, once. A refusal calls it
+// before the client is told, so a client that has read its refusal is no
+// longer counted.
+func (s *Server) uncount(ss *session) {
+	if ss.uncounted.CompareAndSwap(false, true) {
+		s.clients.Add(-1)
+	}
+}
+
 func (s *Server) forget(ss *session) {
-	s.clients.Add(-1)
+	s.uncount(ss)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.live, ss)

@@ -72,7 +72,8 @@ type session struct {
 	earlyCancel time.Time          // a CancelRequest that may have overtaken its request
 	reqRead     bool               // a request was read and has no backend yet
 
-	overLimit bool // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
+	overLimit bool        // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
+	uncounted atomic.Bool // out of Server.clients (uncount)
 
 	// For the idle timeouts: the last ReadyForQuery status of the attached
 	// backend, the requests not yet answered, and when the armed idle
@@ -232,6 +233,7 @@ func (ss *session) finish(pl *pool.Pool, settings []startupSetting, first []byte
 // refuse tells the client why it gets no backend, and logs it once.
 func (ss *session) refuse(err error) {
 	resp, reason := backendErrorResponse(err)
+	ss.srv.uncount(ss)
 	ss.srv.counters.refuse(reason)
 	ev := ss.log.Warn()
 	if reason == reasons.BackendRefused || reason == reasons.AcquireTimeout {
@@ -495,6 +497,7 @@ func (ss *session) authenticate(user string) (clientCredential, error) {
 // failStartup answers a start-up failure where the protocol allows it and
 // logs it once.
 func (ss *session) failStartup(err error) {
+	ss.srv.uncount(ss)
 	var ce *clientError
 	var pe *protocolError
 	var upe *unsupportedProtocolError

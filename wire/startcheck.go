@@ -115,6 +115,7 @@ func (ss *session) failSettings(se *settingsError) {
 	resp.Severity, resp.SeverityUnlocalized = "FATAL", "FATAL"
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
 	buf, _ = resp.Encode(buf)
+	ss.srv.uncount(ss)
 	ss.srv.counters.refuse(reasons.BadStartup)
 	ss.refusalEvent(ss.log.Info(), reasons.BadStartup).Str("reason", string(reasons.BadStartup)).Str("error", clip(resp.Message)).Msg("client refused")
 	ss.writeMu.Lock()
