@@ -34,8 +34,16 @@ func BenchmarkCancelLatency(b *testing.B) {
 			benchCancel(b, conn, 20*time.Millisecond)
 		})
 	}
-	b.Run("session/waiting-for-backend", func(b *testing.B) {
-		g := startBenchGateway(b, wire.SessionMode, 1)
+	for _, mode := range []wire.PoolMode{wire.SessionMode, wire.TransactionMode} {
+		b.Run(string(mode)+"/waiting-for-backend", func(b *testing.B) { benchCancelWaiting(b, mode) })
+	}
+}
+
+// benchCancelWaiting cancels queries that wait for the one backend of a
+// pool held by another client's pg_sleep.
+func benchCancelWaiting(b *testing.B, mode wire.PoolMode) {
+	{
+		g := startBenchGateway(b, mode, 1)
 		holder := benchConnect(b, g.port)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
@@ -51,7 +59,7 @@ func BenchmarkCancelLatency(b *testing.B) {
 		time.Sleep(100 * time.Millisecond)
 		conn := benchConnect(b, g.port)
 		benchCancel(b, conn, 5*time.Millisecond)
-	})
+	}
 }
 
 func startBenchGateway(b *testing.B, mode wire.PoolMode, size int) *gateway {
