@@ -254,7 +254,7 @@ func (aq *authQuery) fetch(user string) authQueryResult {
 	}
 	defer func() { <-aq.connSem }()
 	if aq.closed {
-		return authQueryResult{err: &clientError{fatal(codeCannotConnectNow, "the gateway is shutting down"), reasons.Shutdown}}
+		return authQueryResult{err: &clientError{fatal(codeCannotConnectNow, "querycop is shutting down"), reasons.AuthQueryFailed}}
 	}
 	for attempt := 0; ; attempt++ {
 		fresh := false
