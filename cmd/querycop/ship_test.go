@@ -162,3 +162,31 @@ func TestDockerfileFollowsHadolintRules(t *testing.T) {
 		t.Fatalf("parsed only %d instructions: %q", len(instrs), instrs)
 	}
 }
+
+// A fresh clone's first hour: scripts/test runs go test -race, which needs
+// cgo, so scripts/install-deps installs a C compiler and the C library's
+// headers; scripts/test and scripts/build find Go where its tarball puts
+// it, as scripts/demo does.
+func TestScriptsFindTheirTools(t *testing.T) {
+	read := func(name string) string {
+		b, err := os.ReadFile("../../scripts/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	deps := read("install-deps")
+	for _, want := range []string{"missing+=(gcc)", "missing+=(libc6-dev)", "missing+=(curl)"} {
+		if !strings.Contains(deps, want) {
+			t.Errorf("scripts/install-deps lacks %q", want)
+		}
+	}
+	for _, script := range []string{"test", "build", "demo"} {
+		if !strings.Contains(read(script), "/usr/local/go/bin") {
+			t.Errorf("scripts/%s does not look for Go in /usr/local/go/bin", script)
+		}
+	}
+	if !strings.Contains(read("test"), "go test -race") {
+		t.Error("scripts/test no longer runs go test -race; drop the C compiler from install-deps if that is meant")
+	}
+}
