@@ -667,3 +667,42 @@ func TestProviderAWSRDSThroughStandIn(t *testing.T) {
 		t.Error("the gateway logged a token or a secret key")
 	}
 }
+
+// TestCheckNamesGoogleAccount: the gcp provider's identity is the service
+// account the metadata server answers for, and the login is real.
+func TestCheckNamesGoogleAccount(t *testing.T) {
+	c := pgtest.Require(t)
+	role := "querycop-check@proj-e2e.iam"
+	tok := "ya29.check-token-for-querycop"
+	createTokenRole(t, c, role, tok)
+	var hits atomic.Int32
+	srv := gceStandIn(t, tok, &hits)
+	t.Setenv("GCE_METADATA_HOST", strings.TrimPrefix(srv.URL, "http://"))
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", "")
+	t.Setenv("HOME", t.TempDir()) // no gcloud application default login
+	t.Setenv("CLOUDSDK_CONFIG", t.TempDir())
+	env := []string{
+		"GATEKEEPER_BACKEND_HOST=localhost",
+		fmt.Sprintf("GATEKEEPER_BACKEND_PORT=%d", c.Port),
+		"GATEKEEPER_BACKEND_TLS_MODE=verify-full",
+		"GATEKEEPER_BACKEND_TLS_CA_FILE=" + c.CA.CertFile,
+		"GATEKEEPER_BACKEND_TOKEN_PROVIDER=gcp",
+		// The stand-in's tokens last 40s: usable for logins with a short
+		// connect timeout (the login safety is it plus 30s).
+		"GATEKEEPER_BACKEND_CONNECT_TIMEOUT=" + providerConnect,
+	}
+	var out, errb bytes.Buffer
+	code := runCheck(context.Background(), []string{"-user", role, "-database", pgtest.Database}, env, &out, &errb)
+	text := out.String() + errb.String()
+	if code != exitOK {
+		t.Fatalf("check exited %d:\n%s", code, text)
+	}
+	for _, want := range []string{"ok    token   gcp minted in", "identity: querycop@proj-e2e.iam.gserviceaccount.com (metadata server)", fmt.Sprintf("authenticated as %q", role)} {
+		if !strings.Contains(text, want) {
+			t.Errorf("check output lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, tok) {
+		t.Error("check printed the token")
+	}
+}
