@@ -16,6 +16,7 @@ type collector struct {
 	ready func(context.Context) bool
 
 	poolConns, poolSize, poolWaiting, poolClients, poolOldest *prometheus.Desc
+	poolOldestWait                                            *prometheus.Desc
 	acquires, acquireTimeouts, acquireWait, created, closed   *prometheus.Desc
 	dialFailures                                              *prometheus.Desc
 	clientsConnected, clientsRefused, relayBytes, relayMsgs   *prometheus.Desc
@@ -39,6 +40,7 @@ func newCollector(deps Deps, ready func(context.Context) bool) *collector {
 		poolConns:        d("pool_connections", "Backend connections in the pool, by state (idle, in_use, constructing).", "database", "user", "state"),
 		poolSize:         d("pool_size", "Most backend connections the pool may hold.", pl...),
 		poolWaiting:      d("pool_clients_waiting", "Clients waiting for a backend connection of the pool.", pl...),
+		poolOldestWait:   d("pool_oldest_wait_seconds", "How long the pool's longest-waiting client has waited so far (0 when none waits).", pl...),
 		poolClients:      d("pool_clients", "Authenticated clients using the pool.", pl...),
 		poolOldest:       d("pool_oldest_connection_age_seconds", "Age of the pool's oldest backend connection.", pl...),
 		acquires:         d("pool_acquires_total", "Backend connections handed to clients.", pl...),
@@ -106,6 +108,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(c.poolConns, float64(s.Constructing), db, user, "constructing")
 			gauge(c.poolSize, float64(s.Size), db, user)
 			gauge(c.poolWaiting, float64(s.Waiting), db, user)
+			gauge(c.poolOldestWait, s.OldestWait.Seconds(), db, user)
 			gauge(c.poolClients, float64(s.Clients), db, user)
 			gauge(c.poolOldest, s.OldestAge.Seconds(), db, user)
 			counter(c.acquires, float64(s.Acquires), db, user)

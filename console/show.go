@@ -215,7 +215,7 @@ func (c *Console) showPools() *resultSet {
 			int(s.Clients-s.Waiting), int(s.Waiting), 0, 0,
 			s.InUse, 0, 0, s.Idle,
 			0, 0, s.Constructing,
-			0, 0, c.deps.PoolMode, null{})
+			int(s.OldestWait/time.Second), int(s.OldestWait%time.Second/time.Microsecond), c.deps.PoolMode, null{})
 	}
 	return rs
 }

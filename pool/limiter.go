@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // limiter bounds the connections a pool hands out. puddle's own MaxSize is
@@ -14,7 +15,14 @@ type limiter struct {
 	size    int
 	held    int
 	paused  bool
-	waiters []chan struct{}
+	waiters []waiter // first come, first served: waiters[0] waited longest
+}
+
+// waiter is a client waiting for a slot, since when (for SHOW POOLS's
+// maxwait; read only on the slow path, where a client waits anyway).
+type waiter struct {
+	ready chan struct{}
+	since time.Time
 }
 
 // tryAcquire takes a slot if one is free now, without waiting.
@@ -38,7 +46,7 @@ func (l *limiter) acquire(ctx context.Context) error {
 		return nil
 	}
 	ready := make(chan struct{})
-	l.waiters = append(l.waiters, ready)
+	l.waiters = append(l.waiters, waiter{ready: ready, since: time.Now()})
 	l.mu.Unlock()
 	select {
 	case <-ready:
@@ -47,7 +55,7 @@ func (l *limiter) acquire(ctx context.Context) error {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		for i, w := range l.waiters {
-			if w == ready {
+			if w.ready == ready {
 				l.waiters = append(l.waiters[:i], l.waiters[i+1:]...)
 				return ctx.Err()
 			}
@@ -71,7 +79,7 @@ func (l *limiter) wakeLocked() {
 		w := l.waiters[0]
 		l.waiters = l.waiters[1:]
 		l.held++
-		close(w)
+		close(w.ready)
 	}
 }
 
@@ -93,4 +101,15 @@ func (l *limiter) snapshot() (size, held, waiting int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.size, l.held, len(l.waiters)
+}
+
+// oldestWait is how long the longest-waiting client has waited so far; 0
+// when nobody waits.
+func (l *limiter) oldestWait(now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.waiters) == 0 {
+		return 0
+	}
+	return now.Sub(l.waiters[0].since)
 }

@@ -162,6 +162,9 @@ func TestLimiterServesInOrderAndResizes(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
+	if w := l.oldestWait(time.Now().Add(time.Hour)); w < time.Hour {
+		t.Errorf("oldestWait an hour on = %s, want at least an hour", w)
+	}
 	l.release()
 	if got := <-order; got != 1 {
 		t.Errorf("released slot went to waiter %d, want the first", got)
@@ -173,6 +176,9 @@ func TestLimiterServesInOrderAndResizes(t *testing.T) {
 	}
 	if size, held, waiting := l.snapshot(); size != 2 || held != 2 || waiting != 0 {
 		t.Errorf("snapshot %d/%d/%d, want 2 held of 2, none waiting", held, size, waiting)
+	}
+	if w := l.oldestWait(time.Now().Add(time.Hour)); w != 0 {
+		t.Errorf("oldestWait with nobody waiting = %s, want 0", w)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()

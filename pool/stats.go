@@ -63,7 +63,10 @@ type Stats struct {
 	InUse        int   `json:"in_use"`
 	Constructing int   `json:"constructing"`
 	Waiting      int64 `json:"clients_waiting"`
-	Clients      int64 `json:"clients"`
+	// OldestWait is how long the longest-waiting client has waited so far
+	// (PgBouncer's maxwait); 0 when nobody waits.
+	OldestWait time.Duration `json:"oldest_wait_ns"`
+	Clients    int64         `json:"clients"`
 
 	Acquires        int64         `json:"acquires"`
 	AcquireWait     time.Duration `json:"acquire_wait_total_ns"`
@@ -115,6 +118,7 @@ func (s *Stats) merge(o Stats) {
 	s.InUse += o.InUse
 	s.Constructing += o.Constructing
 	s.Waiting += o.Waiting
+	s.OldestWait = max(s.OldestWait, o.OldestWait)
 	s.Clients += o.Clients
 	s.Acquires += o.Acquires
 	s.AcquireWait += o.AcquireWait
@@ -138,6 +142,7 @@ func (pl *Pool) Stats() Stats {
 	size, _, waiting := pl.lim.snapshot()
 	s := Stats{
 		Database: pl.key.Database, User: pl.key.User, Size: size, Waiting: int64(waiting),
+		OldestWait:      pl.lim.oldestWait(time.Now()),
 		Clients:         pl.clients.Load(),
 		AcquireTimeouts: pl.stats.acquireTimeouts.Load(),
 		Created:         pl.stats.created.Load(), Retired: pl.stats.retired.Load(),

@@ -245,9 +245,52 @@ func TestConsolePassThroughMode(t *testing.T) {
 	if !paused() {
 		t.Error("PAUSE on the console did not pause the pools")
 	}
+	// While paused, a new client's first query waits: SHOW POOLS shows it
+	// waiting, and for how long (maxwait, maxwait_us).
+	waited := make(chan string, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c2, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable",
+			p.port, pgtest.UserMD5, pgtest.PassMD5, pgtest.Database))
+		if err != nil {
+			waited <- "connect: " + err.Error()
+			return
+		}
+		defer c2.Close(context.Background())
+		v, err := testkit.Query(ctx, c2, "select 'served'")
+		if err != nil {
+			v = err.Error()
+		}
+		waited <- v
+	}()
+	var waitUS int
+	deadline := time.Now().Add(10 * time.Second)
+	for waitUS == 0 && time.Now().Before(deadline) {
+		r := consoleQuery(t, admin, "SHOW POOLS")
+		for _, row := range r.rows {
+			if row[0] == pgtest.Database && row[1] == pgtest.UserMD5 && row[r.col("cl_waiting")] == "1" {
+				s, _ := strconv.Atoi(row[r.col("maxwait")])
+				us, _ := strconv.Atoi(row[r.col("maxwait_us")])
+				waitUS = s*1e6 + us
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if waitUS <= 0 {
+		t.Error("SHOW POOLS never showed the waiting client with a maxwait")
+	}
 	consoleExec(t, admin, "RESUME")
 	if paused() {
 		t.Error("RESUME on the console did not resume the pools")
+	}
+	select {
+	case v := <-waited:
+		if v != "served" {
+			t.Errorf("the client that waited through the pause got %q", v)
+		}
+	case <-time.After(15 * time.Second):
+		t.Error("the waiting client was not served after RESUME")
 	}
 	consoleExec(t, admin, "RELOAD")
 
