@@ -97,7 +97,8 @@ var errTimeout = errors.New("token command timed out")
 // The command runs as `sh -c Cmd` with empty stdin, the gateway's
 // environment plus the QUERYCOP_BACKEND_* variables describing t, in its own
 // process group. When the timeout fires or ctx is done, the whole process
-// group is killed with SIGKILL and reaped before Mint returns.
+// group is killed with SIGKILL and reaped before Mint returns; so is what
+// is left of the group once the shell has exited.
 func (c *Command) Mint(ctx context.Context, t Target) (string, error) {
 	if c.cmd == "" {
 		return "", &Error{Reason: "no token command configured"}
@@ -129,11 +130,13 @@ func (c *Command) Mint(ctx context.Context, t Target) (string, error) {
 	}
 	pgid := cmd.Process.Pid
 	err := cmd.Wait()
-	if errors.Is(err, exec.ErrWaitDelay) {
-		// The shell exited but something it started still holds stdout or
-		// stderr open: do not leave it behind.
-		_ = killGroup(pgid)
-	}
+	// The shell has exited (and, past WaitDelay, something it started may
+	// still hold stdout or stderr open). Whatever it started in the
+	// background is left in its process group, where nothing else would
+	// ever end it, not even the gateway's shutdown: kill the group now.
+	// (Its ID cannot have been reused while any member lives; an empty
+	// group's is not reused this soon, short of a PID wrap-around.)
+	_ = killGroup(pgid)
 
 	out := stdout.String()
 	token := strings.TrimSpace(out)

@@ -435,3 +435,28 @@ func TestMintBackgroundChildHoldingStdout(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A command that exits 0 after starting a helper that does not hold its
+// output (stdout and stderr redirected) must not leave the helper running:
+// nothing else would ever end it, not even the gateway's shutdown.
+func TestMintBackgroundChildNotHoldingOutput(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	// The shell is the leader of the group Mint made: $$ is its ID.
+	cmd := fmt.Sprintf(`sleep 300 >/dev/null 2>&1 & echo "$! $$" >%s.tmp; mv %s.tmp %s; echo tok`, pidFile, pidFile, pidFile)
+	got, err := NewCommand(Config{Cmd: cmd, Timeout: time.Minute}).Mint(context.Background(), target)
+	if err != nil {
+		t.Fatalf("Mint: %v", err)
+	}
+	if got != "tok" {
+		t.Errorf("Mint = %q, want %q", got, "tok")
+	}
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid, pgid int
+	if _, err := fmt.Sscan(string(data), &pid, &pgid); err != nil || pgid == os.Getpid() {
+		t.Fatalf("PID file %q: %v", data, err)
+	}
+	testkit.AssertGroupGone(t, pid, pgid)
+}
