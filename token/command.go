@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -129,6 +130,7 @@ func (c *Command) Mint(ctx context.Context, t Target) (string, error) {
 		return "", &Error{Reason: err.Error(), Err: err}
 	}
 	pgid := cmd.Process.Pid
+	running.add(pgid)
 	err := cmd.Wait()
 	// The shell has exited (and, past WaitDelay, something it started may
 	// still hold stdout or stderr open). Whatever it started in the
@@ -137,6 +139,7 @@ func (c *Command) Mint(ctx context.Context, t Target) (string, error) {
 	// (Its ID cannot have been reused while any member lives; an empty
 	// group's is not reused this soon, short of a PID wrap-around.)
 	_ = killGroup(pgid)
+	running.remove(pgid)
 
 	out := stdout.String()
 	token := strings.TrimSpace(out)
@@ -190,6 +193,46 @@ func (c *Command) Mint(ctx context.Context, t Target) (string, error) {
 		return "", &Error{Reason: fmt.Sprintf("command printed %d lines on stdout; it must print the token alone", n)}
 	}
 	return token, nil
+}
+
+// running holds the process groups of the commands running now, for
+// KillRunning.
+var running = &groups{pgids: map[int]struct{}{}}
+
+type groups struct {
+	mu     sync.Mutex
+	pgids  map[int]struct{}
+	killed bool // KillRunning was called: kill each new group at once
+}
+
+func (g *groups) add(pgid int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.killed {
+		_ = killGroup(pgid)
+		return
+	}
+	g.pgids[pgid] = struct{}{}
+}
+
+func (g *groups) remove(pgid int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.pgids, pgid)
+}
+
+// KillRunning kills with SIGKILL the process group of every token command
+// running now, and of any started after it. It is for a process about to
+// exit without its orderly shutdown (a second signal during the drain): the
+// commands run in process groups of their own, which neither that signal
+// nor the terminal's Ctrl-C reaches, so they would run on after the exit.
+func KillRunning() {
+	running.mu.Lock()
+	defer running.mu.Unlock()
+	running.killed = true
+	for pgid := range running.pgids {
+		_ = killGroup(pgid)
+	}
 }
 
 // killGroup kills the process group pgid with SIGKILL. A group that no

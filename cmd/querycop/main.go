@@ -12,8 +12,11 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/querycop/querycop/token"
 )
 
 // version is set at build time by scripts/build (-ldflags "-X
@@ -83,9 +86,28 @@ func main() {
 func run(args, environ []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// After the first signal starts the drain, restore default handling so
-	// a second one ends the process even if the drain hangs.
-	go func() { <-ctx.Done(); stop() }()
+	// After the first signal starts the drain, a second one ends the
+	// process even if the drain hangs.
+	go func() {
+		<-ctx.Done()
+		second := make(chan os.Signal, 1)
+		signal.Notify(second, os.Interrupt, syscall.SIGTERM)
+		stop()
+		sig := <-second
+		// Token commands still running are in process groups of their
+		// own: end them first, or they outlive the process.
+		token.KillRunning()
+		// Die of the signal, as with its default handling; a SIGINT that
+		// was ignored when the process started (a shell's background job)
+		// would be ignored again, hence the exit after it.
+		signal.Stop(second)
+		if s, ok := sig.(syscall.Signal); ok {
+			_ = syscall.Kill(os.Getpid(), s)
+			time.Sleep(100 * time.Millisecond)
+			os.Exit(128 + int(s))
+		}
+		os.Exit(1)
+	}()
 	return runContext(ctx, args, environ, stdout, stderr)
 }
 

@@ -74,3 +74,61 @@ func TestStopDuringHangingTokenCommand(t *testing.T) {
 		t.Errorf("shutdown line %v: want timeout \"1s\"", l)
 	}
 }
+
+// TestSecondSignalDuringHangingTokenCommand: a second SIGTERM during the
+// drain ends the process at once (operations.md §4), and still leaves no
+// process of the hanging command's group behind: the command runs in a
+// group of its own, so neither the signal nor the terminal's Ctrl-C
+// reaches it.
+func TestSecondSignalDuringHangingTokenCommand(t *testing.T) {
+	c := pgtest.Require(t)
+	hang, err := filepath.Abs("../../testdata/tokencmd/hang.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	p := startQuerycop(t, c,
+		"GATEKEEPER_BACKEND_HOST=localhost",
+		"GATEKEEPER_BACKEND_TLS_MODE=verify-full",
+		"GATEKEEPER_BACKEND_TLS_CA_FILE="+c.CA.CertFile,
+		"GATEKEEPER_BACKEND_TOKEN_CMD="+hang,
+		"GATEKEEPER_BACKEND_TOKEN_TIMEOUT=2m",
+		"GATEKEEPER_SHUTDOWN_TIMEOUT=2m", // the drain would wait for the client
+		"TOKENCMD_PID_FILE="+pidFile,
+		"PATH="+os.Getenv("PATH"),
+	)
+	go func() { // needs a token: the command starts, and hangs
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if conn, err := p.connect(ctx); err == nil {
+			conn.Close(context.Background())
+		}
+	}()
+	var pid, pgid int
+	ok, why := poll(10*time.Second, func() (bool, string) {
+		data, err := os.ReadFile(pidFile)
+		if err != nil || !strings.HasSuffix(string(data), "\n") {
+			return false, "no PID file from hang.sh"
+		}
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+		st, found := testkit.ReadProcStat(pid)
+		pgid = st.PGID
+		return found, "hang.sh is not running"
+	})
+	if !ok {
+		t.Fatal(why)
+	}
+	if pgid == 0 || pgid == p.cmd.Process.Pid {
+		t.Fatalf("hang.sh runs in process group %d, not its own", pgid)
+	}
+	time.Sleep(200 * time.Millisecond) // its child starts
+	p.signal(t, syscall.SIGTERM)
+	if ok, why := poll(10*time.Second, func() (bool, string) {
+		return logLine(p.stderr.lines(t), "shutting down: no new clients, waiting for sessions to end") != nil, "no drain log line"
+	}); !ok {
+		t.Fatal(why)
+	}
+	p.signal(t, syscall.SIGTERM)
+	p.waitExit(t, 5*time.Second)
+	testkit.AssertGroupGone(t, pid, pgid)
+}
