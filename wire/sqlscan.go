@@ -1,6 +1,9 @@
 package wire
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // A small SQL lexer, enough for transaction mode to see what a statement
 // does to the session: it splits a query string into statements at
@@ -8,12 +11,11 @@ import "strings"
 // PostgreSQL's own scanner (src/backend/parser/scan.l) treats as comments,
 // string constants, quoted identifiers and dollar-quoted strings.
 //
-// Where the lexer and the server could disagree, the lexer errs towards
-// seeing more statements and words than the server does, never fewer:
-// plain '...' strings are read with standard_conforming_strings on (a
-// backslash is an ordinary character), so a string the server would
-// extend past a backslash-quote ends earlier here, and the text after it
-// is examined as code.
+// Plain '...' strings are read with standard_conforming_strings on (a
+// backslash is an ordinary character) unless the scanner is told
+// otherwise: a query with a backslash is read both ways by analyzeQuery,
+// since with standard_conforming_strings off the server may see code
+// where the first reading sees a string ('\'' ; SET ROLE x; SELECT '').
 
 // sqlToken is one lexical element of a statement.
 type sqlToken struct {
@@ -36,6 +38,9 @@ type sqlStatement struct {
 	q          string
 	tokens     []sqlToken
 	start, end int
+	// backslash: plain strings take backslash escapes
+	// (standard_conforming_strings off).
+	backslash bool
 }
 
 // text is the statement as the client wrote it, without the comments
@@ -53,6 +58,75 @@ func (s sqlStatement) isWord(i int, w string) bool {
 // isPunct reports whether token i is the single character c.
 func (s sqlStatement) isPunct(i int, c byte) bool {
 	return i < len(s.tokens) && s.tokens[i].kind == tokOther && s.tokens[i].end-s.tokens[i].start == 1 && s.q[s.tokens[i].start] == c
+}
+
+// isName reports whether token i names w (lower case): the keyword or
+// unquoted identifier in any case, or a quoted identifier spelling it
+// exactly ("set_config", U&"set\005fconfig").
+func (s sqlStatement) isName(i int, w string) bool {
+	if i < 0 || i >= len(s.tokens) {
+		return false
+	}
+	switch s.tokens[i].kind {
+	case tokWord:
+		return equalFoldASCII(s.raw(i), w)
+	case tokIdent:
+		return s.identName(i) == w
+	}
+	return false
+}
+
+// identName is the name a quoted identifier token stands for, with the
+// escapes of a U&"..." identifier (and its UESCAPE clause) decoded.
+func (s sqlStatement) identName(i int) string {
+	name := s.contents(i)
+	raw := s.raw(i)
+	if raw[0] != 'u' && raw[0] != 'U' {
+		return name
+	}
+	esc := byte('\\')
+	if s.isWord(i+1, "uescape") && i+2 < len(s.tokens) && s.tokens[i+2].kind == tokString {
+		if e := s.contents(i + 2); len(e) == 1 {
+			esc = e[0]
+		}
+	}
+	return decodeUnicodeEscapes(name, esc)
+}
+
+// decodeUnicodeEscapes decodes the escapes of a U& literal: esc esc,
+// esc and four hex digits, esc + and six hex digits. A malformed escape is
+// kept as written (the server refuses it anyway).
+func decodeUnicodeEscapes(s string, esc byte) string {
+	if strings.IndexByte(s, esc) < 0 {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != esc {
+			b.WriteByte(s[i])
+			continue
+		}
+		rest := s[i+1:]
+		n := 4
+		if strings.HasPrefix(rest, "+") {
+			rest, n = rest[1:], 6
+		}
+		switch {
+		case strings.HasPrefix(s[i+1:], string(esc)):
+			b.WriteByte(esc)
+			i++
+		case len(rest) >= n:
+			if r, err := strconv.ParseUint(rest[:n], 16, 32); err == nil {
+				b.WriteRune(rune(r))
+				i += len(s[i+1:]) - len(rest) + n
+				continue
+			}
+			b.WriteByte(esc)
+		default:
+			b.WriteByte(esc)
+		}
+	}
+	return b.String()
 }
 
 // word is token i folded as PostgreSQL folds an unquoted identifier (ASCII
@@ -82,6 +156,9 @@ func (s sqlStatement) contents(i int) string {
 	case lit[0] != '\'' && lit[0] != '"':
 		lit = lit[1:] // B'', X'', N''
 	}
+	if lit[0] == '\'' && s.backslash {
+		backslash = true
+	}
 	quote := lit[0]
 	var b strings.Builder
 	for j := 1; j < len(lit); j++ {
@@ -107,9 +184,12 @@ func (s sqlStatement) contents(i int) string {
 // sqlScanner splits query strings into statements, reusing its buffers so
 // that the common query costs no allocation.
 type sqlScanner struct {
-	toks  []sqlToken
-	stmts []sqlStatement
-	spans [][2]int // token index ranges of the statements
+	// backslash: read plain '...' strings as the server does with
+	// standard_conforming_strings off, backslash escaping the next byte.
+	backslash bool
+	toks      []sqlToken
+	stmts     []sqlStatement
+	spans     [][2]int // token index ranges of the statements
 }
 
 // splitStatements lexes q into statements. Empty statements are dropped.
@@ -145,14 +225,18 @@ func (sc *sqlScanner) split(q string) []sqlStatement {
 			flush()
 			i++
 		case c == '\'':
-			end := scanQuoted(q, i, '\'', false)
+			end := scanQuoted(q, i, '\'', sc.backslash)
 			add(tokString, i, end)
 			i = end
 		case (c == 'e' || c == 'E') && i+1 < len(q) && q[i+1] == '\'':
 			end := scanQuoted(q, i+1, '\'', true)
 			add(tokString, i, end)
 			i = end
-		case (c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') && i+1 < len(q) && q[i+1] == '\'':
+		case (c == 'n' || c == 'N') && i+1 < len(q) && q[i+1] == '\'':
+			end := scanQuoted(q, i+1, '\'', sc.backslash)
+			add(tokString, i, end)
+			i = end
+		case (c == 'b' || c == 'B' || c == 'x' || c == 'X') && i+1 < len(q) && q[i+1] == '\'':
 			end := scanQuoted(q, i+1, '\'', false)
 			add(tokString, i, end)
 			i = end
@@ -198,7 +282,7 @@ func (sc *sqlScanner) split(q string) []sqlStatement {
 	flush()
 	for _, sp := range sc.spans {
 		toks := sc.toks[sp[0]:sp[1]:sp[1]]
-		sc.stmts = append(sc.stmts, sqlStatement{q: q, tokens: toks, start: toks[0].start, end: toks[len(toks)-1].end})
+		sc.stmts = append(sc.stmts, sqlStatement{q: q, tokens: toks, start: toks[0].start, end: toks[len(toks)-1].end, backslash: sc.backslash})
 	}
 	return sc.stmts
 }

@@ -441,8 +441,14 @@ func (tx *txSession) onParameterStatus(att *attachment, body []byte) {
 		return
 	}
 	switch name {
-	case "in_hot_standby", "default_transaction_read_only":
+	case "in_hot_standby":
 		return // the server's state, not the session's
+	case "client_encoding":
+		if value, ok := cBytes(body[len(raw)+1:]); ok && unsafeClientEncoding(string(value)) {
+			// The lexer cannot read this encoding's text (below).
+			tx.pinLocked(pinSet)
+			return
+		}
 	}
 	// Expected: the report of a tracked SET or RESET in flight, or of one
 	// a transaction block's end keeps or undoes.

@@ -27,11 +27,12 @@ const (
 	pinDoBlock         pinReason = "do-block"                // DO whose body may change the session
 	pinDiscard         pinReason = "discard"                 // DISCARD ALL through the extended protocol
 	pinReportedSetting pinReason = "server-reported-setting" // the server reported a setting change the gateway did not make
+	pinFunctionCall    pinReason = "function-call"           // a fast-path FunctionCall, which may change the session
 )
 
 // pinReasons lists every reason, for metrics that show zeros too.
 var pinReasons = []pinReason{pinSet, pinSetConfig, pinTemp, pinAdvisoryLock, pinPrepare, pinDeallocate,
-	pinCursorWithHold, pinListen, pinLoad, pinDoBlock, pinDiscard, pinReportedSetting}
+	pinCursorWithHold, pinListen, pinLoad, pinDoBlock, pinDiscard, pinReportedSetting, pinFunctionCall}
 
 // what names the statement class for a refusal message.
 func (r pinReason) what() string {
@@ -58,6 +59,8 @@ func (r pinReason) what() string {
 		return "a DO block that may change session state"
 	case pinDiscard:
 		return "DISCARD ALL through the extended protocol"
+	case pinFunctionCall:
+		return "a fast-path function call"
 	}
 	return string(r)
 }
@@ -69,6 +72,10 @@ const (
 	txEndNone txEnd = iota
 	txEndCommit
 	txEndRollback
+	// txEndUnknown: a query that ends a block before its last statement
+	// (COMMIT; SELECT 1), or a batch that ends one more than once: which
+	// way the SETs of the block went cannot be told from the text.
+	txEndUnknown
 )
 
 // setCommand is a SET or RESET the gateway replays on other backends.
@@ -105,8 +112,52 @@ type deallocRef struct {
 // isAdvisoryLock reports whether token i names a session-level advisory
 // lock function; the _xact_ variants end with the transaction.
 func isAdvisoryLock(st sqlStatement, i int) bool {
-	return st.isWord(i, "pg_advisory_lock") || st.isWord(i, "pg_advisory_lock_shared") ||
-		st.isWord(i, "pg_try_advisory_lock") || st.isWord(i, "pg_try_advisory_lock_shared")
+	return st.isName(i, "pg_advisory_lock") || st.isName(i, "pg_advisory_lock_shared") ||
+		st.isName(i, "pg_try_advisory_lock") || st.isName(i, "pg_try_advisory_lock_shared")
+}
+
+// isTempSchema reports whether token i names the session's temporary
+// schema: pg_temp, or its real name pg_temp_N.
+func isTempSchema(st sqlStatement, i int) bool {
+	if st.isName(i, "pg_temp") {
+		return true
+	}
+	t := st.tokens[i]
+	var name string
+	switch t.kind {
+	case tokWord:
+		name = lowerASCII(st.raw(i))
+	case tokIdent:
+		name = st.contents(i)
+	default:
+		return false
+	}
+	return strings.HasPrefix(name, "pg_temp_")
+}
+
+// createsTemp reports whether the CREATE at token i makes a temporary
+// object: CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY, whether the statement
+// starts with it or runs it (EXPLAIN ANALYZE CREATE TEMP TABLE ... AS).
+func createsTemp(st sqlStatement, i int) bool {
+	for i++; i < len(st.tokens) && st.tokens[i].kind == tokWord; i++ {
+		if st.isWord(i, "temp") || st.isWord(i, "temporary") {
+			return true
+		}
+		if !st.isWord(i, "global") && !st.isWord(i, "local") && !st.isWord(i, "or") && !st.isWord(i, "replace") && !st.isWord(i, "unlogged") {
+			return false
+		}
+	}
+	return false
+}
+
+// hasWord reports whether the statement has the keyword w anywhere.
+func hasWord(st sqlStatement, w string) bool {
+	for i := range st.tokens {
+		if st.isWord(i, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // pinFor records the first reason found.
@@ -120,33 +171,90 @@ func (fx *queryEffects) pinFor(r pinReason) {
 // simple Query, where a SET that is its only statement can be carried;
 // through the extended protocol, or among other statements, a SET pins.
 func analyzeQuery(sc *sqlScanner, q string, simple bool) queryEffects {
+	fx := analyzeQueryAs(sc, q, simple, false)
+	if strings.IndexByte(q, '\\') < 0 {
+		return fx
+	}
+	// With standard_conforming_strings off (a start-up option, a role's
+	// setting, a SET), a backslash escapes a quote in a plain string and
+	// the server may see code where the first reading saw a string. Read
+	// it that way too; where the readings disagree, pin.
+	alt := analyzeQueryAs(sc, q, simple, true)
+	if alt.pin != "" {
+		fx.pinFor(alt.pin)
+	}
+	if !sameEffects(fx, alt) {
+		fx.pinFor(pinSet)
+	}
+	return fx
+}
+
+// sameEffects reports whether two readings of a query do the same.
+func sameEffects(a, b queryEffects) bool {
+	if (a.set == nil) != (b.set == nil) || a.set != nil && *a.set != *b.set {
+		return false
+	}
+	if a.deallocAll != b.deallocAll || len(a.deallocs) != len(b.deallocs) || a.end != b.end ||
+		a.savepoint != b.savepoint || a.prepareTx != b.prepareTx {
+		return false
+	}
+	for i := range a.deallocs {
+		if a.deallocs[i] != b.deallocs[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// analyzeQueryAs reads q with plain strings taking backslash escapes or
+// not.
+func analyzeQueryAs(sc *sqlScanner, q string, simple, backslash bool) queryEffects {
 	var fx queryEffects
+	sc.backslash = backslash
 	stmts := sc.split(q)
-	for _, st := range stmts {
+	sc.backslash = false
+	endsInside := false
+	for i, st := range stmts {
 		fx.end = txEndNone
 		analyzeStatement(st, simple && len(stmts) == 1, &fx)
+		if fx.end != txEndNone && i < len(stmts)-1 {
+			endsInside = true
+		}
+	}
+	if endsInside {
+		fx.end = txEndUnknown
 	}
 	return fx
 }
 
 func analyzeStatement(st sqlStatement, single bool, fx *queryEffects) {
 	toks := st.tokens
-	// Words anywhere in the statement that change the session whatever
-	// the statement is: function calls and temp schemas.
+	// Names anywhere in the statement that change the session whatever
+	// the statement is: function calls (quoted names too: "set_config"
+	// is the same function), temp schemas, CREATE TEMP under EXPLAIN
+	// ANALYZE, and UPDATE of pg_settings, which calls set_config.
 	for i, t := range toks {
-		if t.kind != tokWord {
+		if t.kind != tokWord && t.kind != tokIdent {
 			continue
 		}
-		call := st.isPunct(i+1, '(')
+		next := i + 1
+		if t.kind == tokIdent && st.isWord(next, "uescape") {
+			next += 2 // U&"..." UESCAPE '!'
+		}
+		call := st.isPunct(next, '(')
 		switch {
-		case call && st.isWord(i, "set_config"):
+		case call && st.isName(i, "set_config"):
 			fx.pinFor(pinSetConfig)
 		case call && isAdvisoryLock(st, i):
 			fx.pinFor(pinAdvisoryLock)
-		case st.isWord(i, "pg_temp"):
+		case isTempSchema(st, i):
 			fx.pinFor(pinTemp)
 		case st.isWord(i, "into") && (st.isWord(i+1, "temp") || st.isWord(i+1, "temporary")):
 			fx.pinFor(pinTemp)
+		case st.isWord(i, "create") && createsTemp(st, i):
+			fx.pinFor(pinTemp)
+		case st.isName(i, "pg_settings") && hasWord(st, "update"):
+			fx.pinFor(pinSetConfig)
 		}
 	}
 	if len(toks) == 0 || toks[0].kind != tokWord {
@@ -203,16 +311,6 @@ func analyzeStatement(st sqlStatement, single bool, fx *queryEffects) {
 		fx.pinFor(pinListen)
 	case "load":
 		fx.pinFor(pinLoad)
-	case "create":
-		for i := 1; i < len(toks) && toks[i].kind == tokWord; i++ {
-			if st.isWord(i, "temp") || st.isWord(i, "temporary") {
-				fx.pinFor(pinTemp)
-				break
-			}
-			if !st.isWord(i, "global") && !st.isWord(i, "local") && !st.isWord(i, "or") && !st.isWord(i, "replace") && !st.isWord(i, "unlogged") {
-				break
-			}
-		}
 	case "do":
 		if doBodyMayChangeSession(st) {
 			fx.pinFor(pinDoBlock)
@@ -340,6 +438,24 @@ func analyzeSet(st sqlStatement, single bool, fx *queryEffects) {
 		fx.pinFor(pinSet)
 		return
 	}
+	for j := next; j < len(toks); j++ {
+		if toks[j].kind != tokString && toks[j].kind != tokIdent {
+			continue
+		}
+		lit := st.raw(j)
+		switch {
+		case strings.Contains(lowerASCII(st.contents(j)), "pg_temp"):
+			// search_path = 'pg_temp': CREATE TABLE then makes temporary
+			// tables without saying so.
+			fx.pinFor(pinTemp)
+			return
+		case strings.IndexByte(lit, '\\') >= 0 && (lit[0] == '\'' || lit[0] == 'n' || lit[0] == 'N'):
+			// What a backslash means here depends on
+			// standard_conforming_strings when the SET is replayed.
+			fx.pinFor(pinSet)
+			return
+		}
+	}
 	fx.set = &setCommand{name: name, statement: strings.Clone(st.text())}
 }
 
@@ -360,4 +476,32 @@ func analyzeReset(st sqlStatement, single bool, fx *queryEffects) {
 	default:
 		fx.pinFor(pinSet) // quoted or qualified names, RESET ROLE, RESET SESSION AUTHORIZATION
 	}
+}
+
+// unsafeClientEncoding reports the client encodings whose multi-byte
+// characters may end in a byte that is a backslash in ASCII (SJIS, BIG5,
+// GBK, UHC, GB18030, JOHAB: PostgreSQL allows them only as client
+// encodings for this reason). The server converts such text before it
+// reads it; the gateway's lexer, reading bytes, would take the end of a
+// character for an escape in E'...' and see a string where the server sees
+// code, so a client using one is pinned. Spellings are PostgreSQL's
+// aliases, compared as the server does: case and punctuation ignored.
+func unsafeClientEncoding(name string) bool {
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'a' <= c && c <= 'z' || '0' <= c && c <= '9' {
+			b.WriteByte(c)
+		}
+	}
+	switch b.String() {
+	case "sjis", "shiftjis", "mskanji", "win932", "windows932", "shiftjis2004",
+		"big5", "win950", "windows950", "gbk", "win936", "windows936", "cp936",
+		"uhc", "win949", "windows949", "johab", "gb18030":
+		return true
+	}
+	return false
 }

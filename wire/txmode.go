@@ -101,11 +101,10 @@ type attachment struct {
 	// that ran inside the open transaction block, kept if it commits.
 	pendingSets []*setCommand
 	txSets      []*setCommand
-	// lastEnd is how the client's last statement ends a transaction
-	// block, and the batch it is in; sawSavepoint: the transaction used
-	// savepoints, which a tracked SET cannot follow.
-	lastEnd      txEnd
-	lastEndSeq   int
+	// ends are the batches sent whose statements end a transaction block,
+	// and how, oldest first: a pipeline may hold several; sawSavepoint:
+	// the transaction used savepoints, which a tracked SET cannot follow.
+	ends         []batchEnd
 	sawSavepoint bool
 	savepointSeq int
 	// unnamedHere: the backend's unnamed statement is the client's (or
@@ -136,6 +135,12 @@ type attachment struct {
 	pumping    bool
 	done       chan error // the pumping goroutine's end
 	endErr     error      // how the inline backend side ended, when it did
+}
+
+// batchEnd is how a batch's statements end a transaction block.
+type batchEnd struct {
+	seq int
+	end txEnd
 }
 
 // txSession is a client session in transaction mode.
@@ -177,6 +182,13 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, fi
 	}
 	tx.startup = cloneMap(tx.settings)
 	tx.fp = fingerprint(tx.settings)
+	for _, st := range startup {
+		if lowerASCII(st.name) == "client_encoding" && unsafeClientEncoding(st.value) {
+			tx.mu.Lock()
+			tx.pinLocked(pinSet)
+			tx.mu.Unlock()
+		}
+	}
 	// Between transactions the client waits in awaitFirst, whose shallow
 	// stack is all an idle client holds.
 	var reason reasons.Reason
@@ -411,7 +423,7 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 		if len(name) == 0 {
 			// The unnamed statement: the client's until its next Parse or
 			// simple Query, re-established on any backend it borrows.
-			un := &clientStmt{parse: appendParse(nil, "", query, rest)}
+			un := &clientStmt{parse: appendParse(nil, "", query, rest), end: fx.end, savepoint: fx.savepoint || fx.prepareTx}
 			tx.unnamed = un
 			att.unnamedHere = true
 			att.pending = append(att.pending, pendingReply{typ: 'P', seq: seq, unnamed: un})
@@ -430,7 +442,7 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 			out = appendParse(out, existing.server, query, rest)
 			break
 		}
-		st := &clientStmt{server: serverStmtName(tx.ss.srv.stmtKey, query, rest)}
+		st := &clientStmt{server: serverStmtName(tx.ss.srv.stmtKey, query, rest), end: fx.end, savepoint: fx.savepoint || fx.prepareTx}
 		st.parse = appendParse(nil, st.server, query, rest)
 		tx.stmts[string(name)] = st
 		client := pendingReply{typ: 'P', client: string(name), stmt: st, seq: seq}
@@ -459,11 +471,15 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 			break
 		}
 		if len(stmt) == 0 {
+			if un := tx.unnamed; un != nil {
+				tx.noteRunLocked(att, un, seq)
+			}
 			out = tx.ensureUnnamed(out, att, seq)
 			out = appendRaw(out, typ, body)
 			break
 		}
 		if st := tx.stmts[string(stmt)]; st != nil {
+			tx.noteRunLocked(att, st, seq)
 			out = tx.ensurePrepared(out, att, st, seq)
 			out = appendBind(out, portal, st.server, rest)
 			break
@@ -489,10 +505,18 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 					// The backend's unnamed statement goes, whoever's it was.
 					tx.unnamed = nil
 					att.unnamedHere = true
-				} else {
+				} else if tx.pinned == "" {
 					// The statement stays on backends for other clients; the
-					// client's name goes, and closing a name that does not
-					// exist on the server still earns CloseComplete.
+					// client's name goes. The server closes the scratch
+					// statement instead, never a name the client chose: that
+					// could be a statement the gateway keeps for another
+					// client (read from pg_prepared_statements). Closing
+					// earns CloseComplete whether the name exists or not.
+					delete(tx.stmts, string(name))
+					att.pending = append(att.pending, pendingReply{typ: 'C', seq: seq})
+					out = appendClose(out, scratchStmt)
+					break
+				} else {
 					delete(tx.stmts, string(name))
 				}
 			}
@@ -507,6 +531,7 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 			att.pendingSets = append(att.pendingSets, set)
 		}
 		rewritten, changed := tx.applyEffectsLocked(att, fx, query, seq)
+		noteEndLocked(att, fx.end, seq)
 		// A simple Query drops the unnamed statement, on the server and
 		// so for the client.
 		tx.unnamed = nil
@@ -519,6 +544,22 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 		tx.ss.rc.queries.Add(1)
 	case 'E':
 		tx.ss.rc.queries.Add(1)
+		out = appendRaw(out, typ, body)
+	case 'F':
+		// A fast-path call runs a function by OID, with no SQL to read:
+		// set_config or pg_advisory_lock this way change the session.
+		// Only the large-object functions libpq calls so are known to
+		// leave nothing behind (their descriptors end with the
+		// transaction).
+		if tx.pinned == "" && (len(body) < 4 || !largeObjectFunctions[binary.BigEndian.Uint32(body)]) {
+			if tx.ss.srv.cfg.TxPinning == TxPinningRefuse {
+				// Answered as a failed call is: ErrorResponse, then
+				// ReadyForQuery.
+				out = appendQuery(out, pinRefusal(pinFunctionCall))
+				break
+			}
+			tx.pinLocked(pinFunctionCall)
+		}
 		out = appendRaw(out, typ, body)
 	default:
 		out = appendRaw(out, typ, body)

@@ -36,14 +36,37 @@ func (tx *txSession) settleSetsLocked(att *attachment, batch int, prev byte) {
 	if att.txStatus == 'I' && batch >= att.savepointSeq {
 		att.sawSavepoint = false
 	}
-	if att.txStatus != 'I' || prev == 'I' {
+	end := txEndNone
+	done := 0
+	for _, e := range att.ends {
+		if e.seq > batch {
+			break
+		}
+		if e.seq == batch {
+			end = e.end
+		}
+		done++
+	}
+	att.ends = append(att.ends[:0], att.ends[done:]...)
+	ended := att.txStatus == 'I' && prev != 'I'
+	if !ended && end == txEndNone {
 		return
 	}
-	// The transaction block ended with this batch.
-	if prev == 'T' && !att.errInBatch && att.lastEnd == txEndCommit && att.lastEndSeq == batch {
+	// A transaction block ended with this batch.
+	switch {
+	case len(att.txSets) == 0:
+	case ended && prev == 'T' && !att.errInBatch && end == txEndCommit:
 		for _, set := range att.txSets {
 			tx.applySetLocked(att, set)
 		}
+	case ended && (prev == 'E' || end == txEndRollback || end == txEndCommit && att.errInBatch):
+		// rolled back
+	default:
+		// The block ended in a way the gateway cannot follow (COMMIT
+		// among other statements, a new block begun in the same query,
+		// PREPARE TRANSACTION): the backend may hold the client's SETs,
+		// so it stays the client's.
+		tx.pinLocked(pinSet)
 	}
 	att.txSets = nil
 }

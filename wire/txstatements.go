@@ -56,6 +56,45 @@ func (st *backendState) forget(name string) {
 type clientStmt struct {
 	server string // name on backends ("" for the unnamed statement)
 	parse  []byte // a whole Parse message under the server name, to inject
+	// end and savepoint: what running the statement does to a
+	// transaction block, noted at each Bind of it.
+	end       txEnd
+	savepoint bool
+}
+
+// noteEndLocked records that batch seq ends a transaction block; a batch
+// that ends one more than one way is in doubt.
+func noteEndLocked(att *attachment, end txEnd, seq int) {
+	if end == txEndNone {
+		return
+	}
+	if n := len(att.ends); n > 0 && att.ends[n-1].seq == seq {
+		if att.ends[n-1].end != end {
+			att.ends[n-1].end = txEndUnknown
+		}
+		return
+	}
+	att.ends = append(att.ends, batchEnd{seq: seq, end: end})
+}
+
+// noteRunLocked records what a Bind of st does to the transaction block:
+// the statement runs in batch seq, whenever it was parsed.
+func (tx *txSession) noteRunLocked(att *attachment, st *clientStmt, seq int) {
+	noteEndLocked(att, st.end, seq)
+	if st.savepoint {
+		att.sawSavepoint, att.savepointSeq = true, seq
+		if len(att.txSets) > 0 || len(att.pendingSets) > 0 {
+			// Too late to refuse: the Parse was answered long ago.
+			tx.pinLocked(pinSet)
+		}
+	}
+}
+
+// largeObjectFunctions are the OIDs (fixed in pg_proc.dat) of the functions
+// libpq's large-object API calls through FunctionCall.
+var largeObjectFunctions = map[uint32]bool{
+	715: true, 952: true, 953: true, 954: true, 955: true, 956: true, 957: true, 958: true,
+	964: true, 1004: true, 3170: true, 3171: true, 3172: true,
 }
 
 // ensureUnnamed puts the client's unnamed statement on the attached
@@ -83,9 +122,6 @@ func (tx *txSession) ensureUnnamed(out []byte, att *attachment, seq int) []byte 
 // the client's statements in DEALLOCATE. It returns the query to send and
 // whether it differs from the client's.
 func (tx *txSession) applyEffectsLocked(att *attachment, fx queryEffects, query []byte, seq int) ([]byte, bool) {
-	if fx.end != txEndNone {
-		att.lastEnd, att.lastEndSeq = fx.end, seq
-	}
 	if fx.savepoint || fx.prepareTx {
 		att.sawSavepoint, att.savepointSeq = true, seq
 		if len(att.txSets) > 0 || len(att.pendingSets) > 0 {

@@ -1,0 +1,238 @@
+package wire_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/querycop/querycop/internal/pgtest"
+	"github.com/querycop/querycop/wire"
+)
+
+// Attacks on transaction mode's isolation: statements that change the
+// session in ways the gateway has to notice, by forms its lexer or its
+// tracking of transaction blocks could miss. Each case runs on a pool of
+// one backend: client A runs the statements and leaves, and the next
+// clients on that backend must see PostgreSQL's defaults.
+
+// attackView is sessionView with the settings these attacks aim at.
+const attackView = sessionView + ` || '|' || current_setting('default_transaction_read_only') || '|' || current_setting('work_mem')`
+
+func TestTxAttackSessionLeaks(t *testing.T) {
+	cases := []struct {
+		name  string
+		stmts []string
+		opts  string // A's connection parameters
+	}{
+		{"commit in the middle of a multi-statement query", []string{"begin", "set search_path = evil_mid", "commit; select 1"}, ""},
+		{"rollback then commit in one query", []string{"begin", "set work_mem = '7MB'", "rollback; begin; commit"}, ""},
+		{"commit and a new block in one query", []string{"begin", "set search_path = evil_chain", "commit; begin", "rollback"}, ""},
+		{"explain analyze create temp table", []string{"explain (analyze, costs off, timing off, summary off) create temp table qc_xtemp as select 1 as a"}, ""},
+		{"search_path naming pg_temp in a string", []string{"set search_path = 'pg_temp', public", "create table qc_ptemp(a int)", "set search_path = public"}, ""},
+		{"quoted pg_temp schema", []string{`create table "pg_temp".qc_qtemp(a int)`}, ""},
+		{"quoted set_config", []string{`select "set_config"('search_path', 'evil_q', false)`}, ""},
+		{"quoted advisory lock", []string{`select pg_catalog."pg_try_advisory_lock_shared"(13)`}, ""},
+		{"update pg_settings", []string{"update pg_settings set setting = 'evil_u' where name = 'search_path'"}, ""},
+		{"standard_conforming_strings off", []string{"set standard_conforming_strings = off", `select '\'' ; set search_path = evil_s ; select ''`}, ""},
+		{"SJIS trail byte", []string{"set client_encoding = 'SJIS'", "select E'\x95\x5c' ; set search_path = evil_j ; select E'\x95\x5c'"}, ""},
+		{"function setting default_transaction_read_only", []string{"create or replace function qc_ro13() returns text language sql as $$select set_config('default_transaction_read_only', 'on', false)$$", "select qc_ro13()"}, ""},
+		{"unicode-escaped set_config", []string{`select U&"set\005fconfig"('search_path', 'evil_u1', false)`}, ""},
+		{"unicode-escaped set_config with UESCAPE", []string{`select U&"set!005fconfig" UESCAPE '!' ('search_path', 'evil_u2', false)`}, ""},
+		{"national string with standard_conforming_strings off", []string{"set standard_conforming_strings = off", `select N'\'' ; set search_path = evil_n ; select ''`}, ""},
+		{"standard_conforming_strings off from the start", []string{`select '\'' ; set search_path = evil_o ; select ''`}, "options='-c standard_conforming_strings=off'"},
+		{"SJIS from the start", []string{"select E'\x95\x5c' ; set search_path = evil_k ; select E'\x95\x5c'"}, "client_encoding=SJIS"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g := txGatewayWith(t, 1, nil)
+			b := txConnect(t, g)
+			fresh := answer(b, attackView)
+			a := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM, tc.opts)
+			direct := directConnect(t, tc.opts)
+			for _, sql := range tc.stmts {
+				if ga, da := answer(a, sql), answer(direct, sql); ga != da {
+					t.Errorf("%s: through the gateway %q, direct %q", sql, ga, da)
+				}
+			}
+			sameAsDirect(t, a, direct, "show search_path", "show work_mem")
+			a.Close(context.Background())
+			if got := answer(b, attackView); got != fresh {
+				t.Errorf("client B sees %q after client A left, want %q", got, fresh)
+			}
+		})
+	}
+}
+
+// TestTxAttackPipelinedBlockEnds: the ends of transaction blocks sent in
+// one pipeline, before the server answered the first of them.
+func TestTxAttackPipelinedBlockEnds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		msgs []pgproto3.FrontendMessage
+	}{
+		{"two commits", []pgproto3.FrontendMessage{txQuery("begin"), txQuery("set search_path = evil_pipe"), txQuery("commit"), txQuery("commit")}},
+		{"commit then a rolled back block", []pgproto3.FrontendMessage{txQuery("begin"), txQuery("set search_path = evil_pipe2"), txQuery("commit"), txQuery("begin"), txQuery("rollback")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := txGatewayWith(t, 1, nil)
+			a := rawGateway(t, g)
+			d := rawDirect(t)
+			if got, want := strings.Join(a.run(t, tc.msgs...), "; "), strings.Join(d.run(t, tc.msgs...), "; "); got != want {
+				t.Errorf("gateway %s\ndirect  %s", got, want)
+			}
+			show := []pgproto3.FrontendMessage{txQuery("show search_path")}
+			if got, want := strings.Join(a.run(t, show...), "; "), strings.Join(d.run(t, show...), "; "); got != want {
+				t.Errorf("afterwards: gateway %s\ndirect  %s", got, want)
+			}
+			a.conn.Close()
+			b := txConnect(t, g)
+			if got := answer(b, "show search_path"); got != `"$user", public` {
+				t.Errorf("the next client sees search_path %q", got)
+			}
+		})
+	}
+}
+
+// TestTxAttackNamedCommit: a COMMIT prepared as a named statement and run
+// later, after a tracked SET in the block.
+func TestTxAttackNamedCommit(t *testing.T) {
+	g := txGatewayWith(t, 1, nil)
+	a := rawGateway(t, g)
+	d := rawDirect(t)
+	for _, batch := range [][]pgproto3.FrontendMessage{
+		{txParse("c", "commit"), txSync()},
+		{txQuery("begin")},
+		{txQuery("set search_path = evil_named")},
+		{txBind("c"), txExecute(), txSync()},
+		{txQuery("show search_path")},
+	} {
+		if got, want := strings.Join(a.run(t, batch...), "; "), strings.Join(d.run(t, batch...), "; "); got != want {
+			t.Errorf("%s: gateway %s\ndirect  %s", batchString(batch), got, want)
+		}
+	}
+	a.conn.Close()
+	b := txConnect(t, g)
+	if got := answer(b, "show search_path"); got != `"$user", public` {
+		t.Errorf("the next client sees search_path %q", got)
+	}
+}
+
+// TestTxAttackProtocolLevel: session state reached through protocol
+// messages rather than SQL text: the fast-path FunctionCall, and a Close
+// naming a statement the gateway made for another client.
+func TestTxAttackProtocolLevel(t *testing.T) {
+	t.Run("function call of set_config", func(t *testing.T) {
+		g := txGatewayWith(t, 1, nil)
+		a := rawGateway(t, g)
+		if got := funcCall(t, a, setConfigOID, "search_path", "evil_fn", "false"); strings.Contains(got, "Error") {
+			t.Fatalf("function call: %s", got)
+		}
+		if n := g.srv.Stats().Pins["function-call"]; n != 1 {
+			t.Errorf("pins by reason function-call = %d, want 1", n)
+		}
+		got := strings.Join(a.run(t, txQuery("show search_path")), "; ")
+		if !strings.Contains(got, "evil_fn") {
+			t.Errorf("the caller's own search_path: %s", got)
+		}
+		a.conn.Close()
+		b := txConnect(t, g)
+		if got := answer(b, "show search_path"); got != `"$user", public` {
+			t.Errorf("the next client sees search_path %q", got)
+		}
+	})
+	t.Run("large-object calls do not pin", func(t *testing.T) {
+		g := txGatewayWith(t, 1, nil)
+		a := rawGateway(t, g)
+		a.run(t, txQuery("begin"))
+		got := funcCall(t, a, 957, "-1") // lo_creat(integer)
+		oid := strings.TrimSuffix(strings.TrimPrefix(got, "FunctionCallResponse "), "; ReadyForQuery T")
+		if !strings.HasPrefix(got, "FunctionCallResponse ") {
+			t.Fatalf("lo_creat: %s", got)
+		}
+		if got := funcCall(t, a, 964, oid); !strings.HasPrefix(got, "FunctionCallResponse 1") { // lo_unlink(oid)
+			t.Errorf("lo_unlink: %s", got)
+		}
+		a.run(t, txQuery("commit"))
+		if n := g.srv.Stats().PinnedClients; n != 0 {
+			t.Errorf("large-object calls pinned %d clients: %v", n, g.srv.Stats().Pins)
+		}
+	})
+	t.Run("function call refused", func(t *testing.T) {
+		g := txGatewayWith(t, 1, func(w *wire.Config) { w.TxPinning = wire.TxPinningRefuse })
+		a := rawGateway(t, g)
+		got := funcCall(t, a, setConfigOID, "search_path", "evil_fr", "false")
+		if !strings.HasPrefix(got, "ErrorResponse 0A000") || !strings.Contains(got, "GATEKEEPER_TX_PINNING") || !strings.HasSuffix(got, "ReadyForQuery I") {
+			t.Errorf("refused function call: %s", got)
+		}
+		if got := strings.Join(a.run(t, txQuery("show search_path")), "; "); strings.Contains(got, "evil_fr") {
+			t.Errorf("after the refused call: %s", got)
+		}
+	})
+	t.Run("close of another client's statement", func(t *testing.T) {
+		g := txGatewayWith(t, 1, nil)
+		ctx := context.Background()
+		b := pgxConnect(t, g, "")
+		var got int
+		if err := b.QueryRow(ctx, "select $1::int * 2", 21).Scan(&got); err != nil || got != 42 {
+			t.Fatalf("first run: %d %v", got, err)
+		}
+		a := rawGateway(t, g)
+		rows := a.run(t, txQuery("select name from pg_prepared_statements where statement = 'select $1::int * 2'"))
+		var name string
+		for _, r := range rows {
+			if strings.HasPrefix(r, "DataRow ") {
+				name = strings.Trim(strings.TrimPrefix(r, "DataRow "), `"`)
+			}
+		}
+		if name == "" {
+			t.Fatalf("no gateway statement: %q", rows)
+		}
+		for _, batch := range [][]pgproto3.FrontendMessage{
+			{txClose(name), txSync()},
+			{txParse(name, "select 1"), txSync()},
+			{txClose(name), txSync()},
+		} {
+			a.run(t, batch...)
+			if err := b.QueryRow(ctx, "select $1::int * 2", 21).Scan(&got); err != nil || got != 42 {
+				t.Errorf("after another client's %s: %d %v, want 42", batchString(batch), got, err)
+			}
+		}
+	})
+}
+
+// setConfigOID is set_config(text, text, boolean), the same in every release.
+const setConfigOID = 2078
+
+// funcCall makes a fast-path call with text arguments and returns the
+// transcript up to ReadyForQuery.
+func funcCall(t *testing.T, rc *rawConn, oid uint32, args ...string) string {
+	t.Helper()
+	fc := &pgproto3.FunctionCall{Function: oid, ArgFormatCodes: []uint16{0}}
+	for _, a := range args {
+		fc.Arguments = append(fc.Arguments, []byte(a))
+	}
+	rc.fe.Send(fc)
+	if err := rc.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for {
+		msg, err := rc.fe.Receive()
+		if err != nil {
+			t.Fatalf("after %q: %v", out, err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.FunctionCallResponse:
+			out = append(out, "FunctionCallResponse "+string(m.Result))
+		case *pgproto3.ParameterStatus:
+		default:
+			line, _ := describeMsg(msg)
+			out = append(out, line)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			return strings.Join(out, "; ")
+		}
+	}
+}
