@@ -2,9 +2,12 @@ package wire_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/querycop/querycop/internal/pgtest"
@@ -234,5 +237,58 @@ func funcCall(t *testing.T, rc *rawConn, oid uint32, args ...string) string {
 		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
 			return strings.Join(out, "; ")
 		}
+	}
+}
+
+// TestTxAttackSetToDefault: SET name TO DEFAULT is RESET name, which goes
+// back to the client's start-up value, not the backend's.
+func TestTxAttackSetToDefault(t *testing.T) {
+	g := txGatewayWith(t, 1, nil)
+	opts := "options='-c search_path=startup_path' timezone=Asia/Tokyo"
+	a := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM, opts)
+	d := directConnect(t, opts)
+	sameAsDirect(t, a, d, "set search_path = x", "set search_path to default", "show search_path",
+		"set search_path = y", "set search_path = default", "show search_path",
+		"set time zone 'Europe/Paris'", "set time zone default", "show timezone",
+		"set time zone 'Europe/Paris'", "set time zone local", "show timezone")
+	b := txConnect(t, g)
+	if got := answer(b, "show search_path"); got != `"$user", public` {
+		t.Errorf("the next client sees search_path %q", got)
+	}
+}
+
+// TestTxAttackHiddenListenNotPinnedClient: a LISTEN hidden from the
+// gateway stays on the backend; a client later pinned there for another
+// reason never listened and must not get its notifications.
+func TestTxAttackHiddenListenNotPinnedClient(t *testing.T) {
+	g := txGatewayWith(t, 1, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	x := txConnect(t, g)
+	if v := answer(x, "do $$begin execute 'lis' || 'ten qc_hidden13'; end$$"); strings.HasPrefix(v, "ERROR") {
+		t.Fatal(v)
+	}
+	x.Close(ctx)
+	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable",
+		g.port, pgtest.UserSCRAM, pgtest.PassSCRAM, pgtest.Database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 10)
+	cfg.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) { got <- n.Channel }
+	p, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	if v := answer(p, "create temp table qc_pin13(a int)"); strings.HasPrefix(v, "ERROR") {
+		t.Fatal(v)
+	}
+	answer(directConnect(t), "notify qc_hidden13, 'for X'")
+	for i := 0; i < 3; i++ {
+		answer(p, "select pg_sleep(0.05)")
+	}
+	if len(got) != 0 {
+		t.Errorf("a client that never listened got %d notifications of an earlier client's LISTEN", len(got))
 	}
 }

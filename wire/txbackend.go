@@ -422,11 +422,13 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 }
 
 // dropsNotifications reports whether a NotificationResponse must not reach
-// this client: only a pinned client can have listened on this backend.
+// this client: only one that ran LISTEN (and so is pinned) can have
+// listened. A client pinned for another reason may be on a backend where
+// an earlier client's LISTEN, hidden in a function, still stands.
 func (tx *txSession) dropsNotifications() bool {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	return tx.pinned == ""
+	return !tx.listened
 }
 
 // onParameterStatus pins the client when the server reports a setting

@@ -101,6 +101,9 @@ type queryEffects struct {
 	end       txEnd // how the last statement ends a transaction block
 	savepoint bool  // SAVEPOINT, ROLLBACK TO, RELEASE, or AND CHAIN
 	prepareTx bool  // PREPARE TRANSACTION
+	// listen: LISTEN, or a DO block that mentions it: notifications may
+	// be the client's from now on.
+	listen bool
 }
 
 // deallocRef is the name token of a DEALLOCATE statement.
@@ -309,11 +312,13 @@ func analyzeStatement(st sqlStatement, single bool, fx *queryEffects) {
 		}
 	case "listen":
 		fx.pinFor(pinListen)
+		fx.listen = true
 	case "load":
 		fx.pinFor(pinLoad)
 	case "do":
 		if doBodyMayChangeSession(st) {
 			fx.pinFor(pinDoBlock)
+			fx.listen = fx.listen || doBodyMentions(st, "listen")
 		}
 	case "commit", "end":
 		fx.end = txEndCommit
@@ -353,15 +358,20 @@ var sessionWords = []string{"listen", "set", "reset", "set_config", "temp", "tem
 	"advisory_lock", "prepare", "load", "session", "role", "hold"}
 
 func doBodyMayChangeSession(st sqlStatement) bool {
-	for i, t := range st.tokens {
-		if t.kind != tokString {
-			continue
+	for _, w := range sessionWords {
+		if doBodyMentions(st, w) {
+			return true
 		}
-		body := lowerASCII(st.contents(i))
-		for _, w := range sessionWords {
-			if containsWord(body, w) {
-				return true
-			}
+	}
+	return false
+}
+
+// doBodyMentions reports whether a string of the DO statement (its body)
+// contains the word w.
+func doBodyMentions(st sqlStatement, w string) bool {
+	for i, t := range st.tokens {
+		if t.kind == tokString && containsWord(lowerASCII(st.contents(i)), w) {
+			return true
 		}
 	}
 	return false
@@ -422,6 +432,11 @@ func analyzeSet(st sqlStatement, single bool, fx *queryEffects) {
 			return
 		}
 		name, next = "timezone", next+1
+		if next+1 == len(toks) && (st.isWord(next, "default") || st.isWord(next, "local")) && single {
+			// SET TIME ZONE DEFAULT|LOCAL is RESET TIME ZONE.
+			fx.set = &setCommand{name: name, reset: true, statement: strings.Clone(st.text())}
+			return
+		}
 	} else {
 		name = st.word(i)
 		// A qualified placeholder name: myapp.setting.
@@ -431,6 +446,12 @@ func analyzeSet(st sqlStatement, single bool, fx *queryEffects) {
 		}
 		if !st.isWord(next, "to") && !st.isPunct(next, '=') {
 			fx.pinFor(pinSet)
+			return
+		}
+		if next+2 == len(toks) && st.isWord(next+1, "default") && single {
+			// SET name TO DEFAULT is RESET name: back to the client's
+			// start-up value, which the backend does not know.
+			fx.set = &setCommand{name: name, reset: true, statement: strings.Clone(st.text())}
 			return
 		}
 	}

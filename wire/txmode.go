@@ -158,7 +158,10 @@ type txSession struct {
 	// pinned is why the client keeps its backend until it leaves; "" when
 	// it does not.
 	pinned pinReason
-	scan   sqlScanner // the client side's, reused for every statement
+	// listened: the client ran LISTEN (or a DO block that may have), so
+	// notifications on its backend may be its own.
+	listened bool
+	scan     sqlScanner // the client side's, reused for every statement
 	// skipping: the client side drops the rest of a batch that was
 	// cancelled while it waited for a backend (cancelwait.go).
 	skipping bool

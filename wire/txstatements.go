@@ -145,6 +145,9 @@ func (tx *txSession) applyEffectsLocked(att *attachment, fx queryEffects, query 
 		}
 		tx.pinLocked(fx.pin)
 	}
+	if fx.listen {
+		tx.listened = true
+	}
 	if fx.deallocAll {
 		// Every statement on this backend is gone (or, if the command
 		// fails, may still be there: Parse is then preceded by Close).
