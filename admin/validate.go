@@ -7,7 +7,7 @@ import (
 	"github.com/querycop/querycop/internal/confcheck"
 )
 
-const envPort = "GATEKEEPER_API_PORT"
+var envPort = confcheck.Var(Config{}, "GATEKEEPER_", "Port")
 
 // Validate reports every problem with c at once, joined with errors.Join.
 // Each problem names its variables (EnvVars) and says how to fix it.

@@ -14,14 +14,14 @@ import (
 
 // The variable names are product-stable (cookbooks link to them), so
 // problems name them in full rather than by Go field.
-const (
-	envHost           = "GATEKEEPER_BACKEND_HOST"
-	envPort           = "GATEKEEPER_BACKEND_PORT"
-	envTLSMode        = "GATEKEEPER_BACKEND_TLS_MODE"
-	envTLSCAFile      = "GATEKEEPER_BACKEND_TLS_CA_FILE"
-	envConnectTimeout = "GATEKEEPER_BACKEND_CONNECT_TIMEOUT"
-	envTokenCmd       = "GATEKEEPER_BACKEND_TOKEN_CMD"
-	envTokenProvider  = "GATEKEEPER_BACKEND_TOKEN_PROVIDER"
+var (
+	envHost           = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "Host")
+	envPort           = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "Port")
+	envTLSMode        = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "TLSMode")
+	envTLSCAFile      = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "TLSCAFile")
+	envConnectTimeout = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "ConnectTimeout")
+	envTokenCmd       = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "Token.Cmd")
+	envTokenProvider  = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "Token.Provider")
 )
 
 // Validate reports every problem with c at once, joined with errors.Join.

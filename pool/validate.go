@@ -7,17 +7,18 @@ import (
 	"github.com/querycop/querycop/internal/confcheck"
 )
 
-// Product-stable variable names, used in full in every problem.
-const (
-	envSize            = "GATEKEEPER_POOL_SIZE"
-	envMinIdle         = "GATEKEEPER_POOL_MIN_IDLE"
-	envMaxConnLifetime = "GATEKEEPER_POOL_MAX_CONN_LIFETIME"
-	envLifetimeJitter  = "GATEKEEPER_POOL_LIFETIME_JITTER"
-	envMaxConnIdleTime = "GATEKEEPER_POOL_MAX_CONN_IDLE_TIME"
-	envAcquireTimeout  = "GATEKEEPER_POOL_ACQUIRE_TIMEOUT"
-	envResetQuery      = "GATEKEEPER_POOL_RESET_QUERY"
-	envAuthCacheTTL    = "GATEKEEPER_POOL_AUTH_CACHE_TTL"
-	envMaxPools        = "GATEKEEPER_MAX_POOLS"
+// Variable names, from the env tags the configuration is read with, used
+// in full in every problem.
+var (
+	envSize            = confcheck.Var(Config{}, "GATEKEEPER_", "Size")
+	envMinIdle         = confcheck.Var(Config{}, "GATEKEEPER_", "MinIdle")
+	envMaxConnLifetime = confcheck.Var(Config{}, "GATEKEEPER_", "MaxConnLifetime")
+	envLifetimeJitter  = confcheck.Var(Config{}, "GATEKEEPER_", "LifetimeJitter")
+	envMaxConnIdleTime = confcheck.Var(Config{}, "GATEKEEPER_", "MaxConnIdleTime")
+	envAcquireTimeout  = confcheck.Var(Config{}, "GATEKEEPER_", "AcquireTimeout")
+	envResetQuery      = confcheck.Var(Config{}, "GATEKEEPER_", "ResetQuery")
+	envAuthCacheTTL    = confcheck.Var(Config{}, "GATEKEEPER_", "AuthCacheTTL")
+	envMaxPools        = confcheck.Var(Config{}, "GATEKEEPER_", "MaxPools")
 )
 
 // Validate reports every problem with c at once, each naming its variable

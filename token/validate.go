@@ -10,11 +10,11 @@ import (
 
 // Names as the operator writes them: Config is always nested under the
 // backend's prefix, and these names are product-stable.
-const (
-	envCmd      = "GATEKEEPER_BACKEND_TOKEN_CMD"
-	envTimeout  = "GATEKEEPER_BACKEND_TOKEN_TIMEOUT"
-	envLifetime = "GATEKEEPER_BACKEND_TOKEN_LIFETIME"
-	envMargin   = "GATEKEEPER_BACKEND_TOKEN_REFRESH_MARGIN"
+var (
+	envCmd      = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_TOKEN_", "Cmd")
+	envTimeout  = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_TOKEN_", "Timeout")
+	envLifetime = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_TOKEN_", "Lifetime")
+	envMargin   = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_TOKEN_", "RefreshMargin")
 )
 
 // Validate reports every problem with c at once, joined with errors.Join.

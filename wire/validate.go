@@ -11,12 +11,13 @@ import (
 	"github.com/querycop/querycop/internal/confcheck"
 )
 
-// Product-stable variable names, used in full in every problem.
-const (
-	envListenPort   = "GATEKEEPER_LISTEN_PORT"
-	envTLSCert      = "GATEKEEPER_PROXY_TLS_CERT"
-	envTLSKey       = "GATEKEEPER_PROXY_TLS_KEY"
-	envLoginTimeout = "GATEKEEPER_CLIENT_LOGIN_TIMEOUT"
+// Variable names, from the env tags the configuration is read with, used
+// in full in every problem.
+var (
+	envListenPort   = confcheck.Var(Config{}, "GATEKEEPER_", "ListenPort")
+	envTLSCert      = confcheck.Var(Config{}, "GATEKEEPER_", "TLSCert")
+	envTLSKey       = confcheck.Var(Config{}, "GATEKEEPER_", "TLSKey")
+	envLoginTimeout = confcheck.Var(Config{}, "GATEKEEPER_", "LoginTimeout")
 )
 
 // Validate reports every problem with c at once, joined with errors.Join.

@@ -5,6 +5,7 @@ package confcheck
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 )
 
@@ -39,4 +40,32 @@ func OneOf[T ~string](dst *T, text []byte, what string, allowed ...T) error {
 		want[i] = string(v)
 	}
 	return fmt.Errorf("unknown %s %q (want one of %s)", what, text, strings.Join(want, ", "))
+}
+
+// Var is the environment variable that sets the field at path (a field
+// name, or names joined with dots through nested structs) of cfg, a
+// package's Config, read under prefix: the name comes from the same env
+// and envPrefix tags the configuration is parsed with, so a problem names
+// exactly the variable the user sets. It panics on a path that does not
+// exist, which any test of the package finds at once.
+func Var(cfg any, prefix, path string) string {
+	t := reflect.TypeOf(cfg)
+	name := prefix
+	for _, field := range strings.Split(path, ".") {
+		f, ok := t.FieldByName(field)
+		if !ok {
+			panic(fmt.Sprintf("confcheck: %s has no field %s", t, field))
+		}
+		if p := f.Tag.Get("envPrefix"); p != "" {
+			name += p
+			t = f.Type
+			continue
+		}
+		tag, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		if tag == "" {
+			panic(fmt.Sprintf("confcheck: field %s of %s has no env tag", field, t))
+		}
+		return name + tag
+	}
+	panic(fmt.Sprintf("confcheck: %s leads to a struct, not a variable", path))
 }
