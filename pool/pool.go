@@ -145,17 +145,34 @@ func (ps *Pools) Admit(ctx context.Context, p backend.Params) (*Pool, error) {
 	return pl, nil
 }
 
-// dropOneUnusedLocked makes room under MaxPools by forgetting one pool that
-// has no client and no connection; false if there is none.
+// dropOneUnusedLocked makes room under MaxPools by forgetting one pool
+// that no client uses: one without connections if there is one, else the
+// one used least recently (its idle connections are closed). False if
+// every pool has clients.
 func (ps *Pools) dropOneUnusedLocked() bool {
-	for key, pl := range ps.pools {
-		if pl.clients.Load() == 0 && pl.total() == 0 {
-			delete(ps.pools, key)
-			go pl.close()
-			return true
+	var victim *Pool
+	var victimUsed time.Time
+	for _, pl := range ps.pools {
+		if pl.clients.Load() != 0 {
+			continue
+		}
+		if pl.total() == 0 {
+			victim = pl
+			break
+		}
+		pl.mu.Lock()
+		used := pl.lastUsed
+		pl.mu.Unlock()
+		if victim == nil || used.Before(victimUsed) {
+			victim, victimUsed = pl, used
 		}
 	}
-	return false
+	if victim == nil {
+		return false
+	}
+	delete(ps.pools, victim.key)
+	go victim.close() // waits for the janitor, if it holds a connection
+	return true
 }
 
 // TooManyPoolsError is a client whose database, user and credential would

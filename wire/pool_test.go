@@ -1086,3 +1086,42 @@ sampling:
 	}
 	t.Logf("at most %d backends; pgbench:\n%s", maxBackends, res.out)
 }
+
+// GATEKEEPER_MAX_POOLS bounds the pools: a client that would need one more
+// while every pool has clients is refused with 53300 naming the variable;
+// once a pool has no client, it is forgotten to make room.
+func TestMaxPools(t *testing.T) {
+	c := pgtest.Require(t)
+	pcfg := testPoolConfig()
+	pcfg.MaxPools = 1
+	g := startPooledGateway(t, backendConfig(c, backend.TLSDisable), pcfg)
+	first := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+	queryValue(t, first, "select 1")
+	_, err := g.connect(t, pgtest.UserPassword, pgtest.PassPassword)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "53300" || !strings.Contains(pgErr.Message, "GATEKEEPER_MAX_POOLS (1)") {
+		t.Fatalf("a second pool beyond GATEKEEPER_MAX_POOLS=1: %v, want 53300 naming GATEKEEPER_MAX_POOLS", err)
+	}
+	if n := g.srv.Stats().Refused["max-pools"]; n != 1 {
+		t.Errorf("refused for max-pools: %d, want 1", n)
+	}
+	first.Close(context.Background())
+	// The first pool keeps an idle connection but no client: it makes room.
+	var second *pgconn.PgConn
+	for i := 0; i < 100; i++ {
+		if second, err = g.connect(t, pgtest.UserPassword, pgtest.PassPassword); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // the first client's session is ending
+	}
+	if err != nil {
+		t.Fatalf("with the first pool unused: %v", err)
+	}
+	defer second.Close(context.Background())
+	if got := queryValue(t, second, "select current_user"); got != pgtest.UserPassword {
+		t.Errorf("current_user = %s", got)
+	}
+	if n := len(g.pools.Stats()); n != 1 {
+		t.Errorf("%d pools, want 1", n)
+	}
+}
