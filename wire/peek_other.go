@@ -6,3 +6,6 @@ import "net"
 
 // unreadInput cannot look into the socket here.
 func unreadInput(net.Conn) bool { return false }
+
+// waitReadable cannot wait without reading here.
+func waitReadable(*session) bool { return false }

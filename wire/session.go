@@ -71,6 +71,7 @@ type session struct {
 	forwarded   bool               // a request was forwarded to a backend once
 	earlyCancel time.Time          // a CancelRequest that may have overtaken its request
 	reqRead     bool               // a request was read and has no backend yet
+	rawConn     syscall.RawConn    // conn's, for waitReadable (client goroutine only)
 
 	overLimit bool        // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
 	uncounted atomic.Bool // out of Server.clients (uncount)
@@ -251,6 +252,9 @@ func (ss *session) refuse(err error) {
 func (ss *session) awaitFirst() ([]byte, error) {
 	buf := make([]byte, 64)
 	ss.armIdle()
+	if waitReadable(ss) {
+		ss.requestRead() // before the bytes leave the socket
+	}
 	n, err := ss.conn.Read(buf)
 	if n > 0 {
 		ss.requestRead()
