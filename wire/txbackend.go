@@ -341,7 +341,25 @@ func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, 
 			return detach, len(p) > 0, &clientWriteError{werr}
 		}
 	}
+	if tx.takePinnedIdle(att) {
+		// A pinned client between transactions, its last answer written:
+		// shutdown may close it here, as it closes others at detach.
+		ss.endTx()
+	}
 	return detach, len(p) > 0, nil
+}
+
+// takePinnedIdle reports, once per idle spell, that a pinned client's
+// attachment has reached the point where an unpinned one would have been
+// detached.
+func (tx *txSession) takePinnedIdle(att *attachment) bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if !att.pinnedIdle {
+		return false
+	}
+	att.pinnedIdle, att.txIdle = false, true
+	return true
 }
 
 // onReply updates the attachment for a ParseComplete, CloseComplete or
@@ -412,6 +430,9 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 	tx.settleSetsLocked(att, batch, prev)
 	att.errInBatch = false
 	clear(att.dupNames)
+	if tx.pinned != "" && !att.txIdle && att.sent == att.answered && att.lastSettled && att.txStatus == 'I' {
+		att.pinnedIdle = true
+	}
 	if tx.canDetachLocked(att) {
 		att.detached = true
 		tx.att = nil

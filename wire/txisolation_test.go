@@ -625,3 +625,43 @@ func TestTxIsolationRandomized(t *testing.T) {
 		}
 	}
 }
+
+// TestTxPinnedClientClosedBetweenTransactions: at shutdown, a pinned
+// client that is between transactions is closed at once, as an unpinned
+// one is, not kept until the wait for answers in flight runs out; and a
+// request in flight on another session still gets its answer first.
+func TestTxPinnedClientClosedBetweenTransactions(t *testing.T) {
+	g := txGatewayWith(t, 2, nil)
+	a := rawGateway(t, g)
+	a.run(t, txQuery("create temp table qc_pin_shutdown(a int)"))
+	if g.srv.Stats().PinnedClients != 1 {
+		t.Fatalf("the temp table did not pin the client")
+	}
+	b := txConnect(t, g)
+	bDone := make(chan error, 1)
+	var bAt time.Time
+	go func() {
+		_, err := testkit.Query(context.Background(), b, "select pg_sleep(1.5)")
+		bAt = time.Now()
+		bDone <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // B's query is running
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		defer cancel()
+		_ = g.srv.Shutdown(ctx)
+	}()
+	_ = a.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	msg, err := a.fe.Receive()
+	aAt := time.Now()
+	er, ok := msg.(*pgproto3.ErrorResponse)
+	if err != nil || !ok || er.Code != "57P01" {
+		t.Fatalf("the pinned client got %#v, %v; want 57P01", msg, err)
+	}
+	if err := <-bDone; err != nil {
+		t.Fatalf("the query in flight on another session: %v, want its answer before the shutdown closes it", err)
+	}
+	if !aAt.Before(bAt) {
+		t.Errorf("the idle pinned client was closed after the other session's query finished: kept as if busy")
+	}
+}

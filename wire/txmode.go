@@ -115,6 +115,10 @@ type attachment struct {
 	tainted bool
 	// skip is the body bytes still to drop of a message not forwarded.
 	skip int
+	// pinnedIdle: a pinned client's requests are all answered outside a
+	// transaction (the point where an unpinned one detaches); txIdle:
+	// shutdown was told so, and the next request tells it otherwise.
+	pinnedIdle, txIdle bool
 	// dupNames maps a server statement name to the client's, for a Parse
 	// of a name the client already uses: the server's 42P05 names the
 	// server statement and is rewritten to name the client's.
@@ -395,12 +399,20 @@ func (tx *txSession) flush(out *[]byte) error {
 func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 	tx.mu.Lock()
 	att := tx.att
+	resume := att != nil && att.txIdle
+	if resume {
+		att.txIdle = false
+	}
 	tx.mu.Unlock()
-	if att == nil {
+	switch {
+	case att == nil:
 		var err error
 		if att, err = tx.attach(); err != nil {
 			return out, err
 		}
+	case resume && !tx.ss.beginTx():
+		// A pinned client's next transaction, after shutdown closed it.
+		return out, errShuttingDown
 	}
 	tx.ss.rc.msgsIn.Add(1)
 	tx.mu.Lock()
