@@ -14,7 +14,8 @@ import (
 //  1. Until GATEKEEPER_SHUTDOWN_TIMEOUT, sessions run on.
 //  2. Then each session is closed with 57P01 as soon as it is between
 //     requests: at once if it is already (session mode: every request
-//     answered; transaction mode: no backend attached), else right after the
+//     answered; transaction mode: no backend attached, or a pinned client
+//     between transactions), else right after the
 //     answer it waits for has been relayed in full. A request the client sends
 //     after that point is not forwarded. This step lasts at most
 //     ShutdownAnswerWait.
