@@ -134,6 +134,12 @@ func setQuery(settings []startupSetting) string {
 	if len(settings) == 0 {
 		return ""
 	}
+	return setConfigQuery(settings, false)
+}
+
+// setConfigQuery is one SELECT of set_config for every setting, for the
+// session or (local) the current statement only.
+func setConfigQuery(settings []startupSetting, local bool) string {
 	var b strings.Builder
 	b.WriteString("SELECT ")
 	for i, s := range settings {
@@ -144,7 +150,11 @@ func setQuery(settings []startupSetting) string {
 		b.WriteString(quoteE(s.name))
 		b.WriteString(", ")
 		b.WriteString(quoteE(s.value))
-		b.WriteString(", false)")
+		if local {
+			b.WriteString(", true)")
+		} else {
+			b.WriteString(", false)")
+		}
 	}
 	return b.String()
 }

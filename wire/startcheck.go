@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"strings"
 	"sync"
 	"time"
 
@@ -59,21 +58,7 @@ func (c *settingsChecks) remember(k checkedKey) {
 }
 
 // checkQuery tries every setting for the current statement only.
-func checkQuery(settings []startupSetting) string {
-	var b strings.Builder
-	b.WriteString("SELECT ")
-	for i, s := range settings {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString("pg_catalog.set_config(")
-		b.WriteString(quoteE(s.name))
-		b.WriteString(", ")
-		b.WriteString(quoteE(s.value))
-		b.WriteString(", true)")
-	}
-	return b.String()
-}
+func checkQuery(settings []startupSetting) string { return setConfigQuery(settings, true) }
 
 // checkSettings returns a *settingsError for settings the server refuses,
 // or the error that kept it from asking.
