@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/querycop/querycop/internal/confcheck"
+	"github.com/querycop/querycop/token"
 )
 
 // The variable names are product-stable (cookbooks link to them), so
@@ -22,6 +23,7 @@ var (
 	envConnectTimeout = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "ConnectTimeout")
 	envTokenCmd       = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "Token.Cmd")
 	envTokenProvider  = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "Token.Provider")
+	envTokenLifetime  = confcheck.Var(Config{}, "GATEKEEPER_BACKEND_", "Token.Lifetime")
 )
 
 // Validate reports every problem with c at once, joined with errors.Join.
@@ -69,6 +71,17 @@ func (c Config) Validate() error {
 		}
 		add(fmt.Sprintf("%s but %s=%s, which %s; set %s to verify-full (or verify-ca or require)",
 			what, envTLSMode, c.TLSMode, why, envTLSMode), tokenVar, envTLSMode)
+	}
+
+	// A token is not used for a new login in its last ConnectTimeout +
+	// ClockSkew (the login safety). An opaque token whose assumed lifetime
+	// is no longer would be refused to every client, as "too soon to log in
+	// with it", which points at the clock rather than at this setting.
+	if safety := c.ConnectTimeout + token.ClockSkew; c.Token.ProviderName() == "command" &&
+		c.ConnectTimeout > 0 && c.Token.Lifetime > 0 && c.Token.Lifetime <= safety {
+		add(fmt.Sprintf("%s=%s is too short: a token is not used for a new backend login in its last %s (%s plus 30s), "+
+			"so an opaque token would never be used; set it to the token's real lifetime (15m for RDS, 1h for Google), above %s",
+			envTokenLifetime, c.Token.Lifetime, safety, envConnectTimeout, safety), envTokenLifetime, envConnectTimeout)
 	}
 
 	if err := c.Token.Validate(); err != nil {

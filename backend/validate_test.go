@@ -158,6 +158,18 @@ func TestConfigValidate(t *testing.T) {
 			[]string{"GATEKEEPER_BACKEND_TOKEN_CMD is set but GATEKEEPER_BACKEND_TLS_MODE=prefer, which can fall back to plaintext and would leak the token"}},
 		{"token/allow", func(c *Config) { c.TLSMode, c.Token.Cmd = TLSAllow, "echo t" }, []string{"TLS_MODE=allow, which can fall back to plaintext"}},
 		{"token/disable", func(c *Config) { c.TLSMode, c.Token.Cmd = TLSDisable, "echo t" }, []string{"TLS_MODE=disable, which sends the token in plaintext"}},
+		// A token is not used in its last ConnectTimeout+30s: an opaque
+		// token assumed to live no longer would be refused to every client.
+		{"token-lifetime/within-login-safety", func(c *Config) {
+			c.TLSMode, c.Token.Cmd, c.Token.Lifetime, c.Token.RefreshMargin = TLSRequire, "echo t", 40*time.Second, 10*time.Second
+		}, []string{"GATEKEEPER_BACKEND_TOKEN_LIFETIME=40s is too short: a token is not used for a new backend login in its last 40s (GATEKEEPER_BACKEND_CONNECT_TIMEOUT plus 30s)"}},
+		{"ok/token-lifetime-above-login-safety", func(c *Config) {
+			c.TLSMode, c.Token.Cmd, c.ConnectTimeout = TLSRequire, "echo t", time.Second
+			c.Token.Lifetime, c.Token.RefreshMargin = 32*time.Second, 10*time.Second
+		}, nil},
+		{"ok/token-lifetime-unused-by-provider", func(c *Config) {
+			c.TLSMode, c.Token.Provider, c.Token.Lifetime, c.Token.RefreshMargin = TLSRequire, "gcp", 40*time.Second, 10*time.Second
+		}, nil},
 		{"all-at-once", func(c *Config) {
 			tok := c.Token
 			tok.Cmd, tok.Timeout = "echo t", 0
