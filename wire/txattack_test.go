@@ -292,3 +292,26 @@ func TestTxAttackHiddenListenNotPinnedClient(t *testing.T) {
 		t.Errorf("a client that never listened got %d notifications of an earlier client's LISTEN", len(got))
 	}
 }
+
+// TestTxAttackResetReports: what the client is told of its settings after
+// its own RESET matches a direct connection. A client started with
+// standard_conforming_strings off that was told "on" after RESET ALL would
+// escape strings wrongly (libpq does so from the report) while its session
+// is off again from its next transaction.
+func TestTxAttackResetReports(t *testing.T) {
+	g := txGatewayWith(t, 1, nil)
+	opts := "options='-c standard_conforming_strings=off' timezone=Asia/Tokyo"
+	a := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM, opts)
+	d := directConnect(t, opts)
+	for _, sql := range []string{"select 1", "reset all", "select 2", "set time zone 'Europe/Paris'", "reset timezone",
+		"set standard_conforming_strings = on", "set standard_conforming_strings to default", "select 3",
+		"set time zone 'Europe/Paris'", "discard all", "select 4"} {
+		sameAsDirect(t, a, d, sql)
+		for _, p := range []string{"standard_conforming_strings", "TimeZone"} {
+			if ga, da := a.ParameterStatus(p), d.ParameterStatus(p); ga != da {
+				t.Errorf("after %s: the client is told %s = %q through the gateway, %q direct", sql, p, ga, da)
+			}
+		}
+	}
+	sameAsDirect(t, a, d, "show standard_conforming_strings", "show timezone")
+}

@@ -302,6 +302,9 @@ func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, 
 				continue
 			}
 			keep, end := tx.onReply(att, typ, msg[5:])
+			if typ == 'Z' {
+				out = append(out, tx.takeReports(att)...)
+			}
 			if keep {
 				out = append(out, msg...)
 			}
@@ -360,6 +363,16 @@ func (tx *txSession) takePinnedIdle(att *attachment) bool {
 	}
 	att.pinnedIdle, att.txIdle = false, true
 	return true
+}
+
+// takeReports hands over the ParameterStatus messages the client must get
+// before a ReadyForQuery (txsettings.go: reportStartupLocked).
+func (tx *txSession) takeReports(att *attachment) []byte {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	r := att.reports
+	att.reports = nil
+	return r
 }
 
 // onReply updates the attachment for a ParseComplete, CloseComplete or

@@ -107,6 +107,9 @@ type attachment struct {
 	ends         []batchEnd
 	sawSavepoint bool
 	savepointSeq int
+	// reports are ParameterStatus messages for the client, sent before
+	// the next ReadyForQuery.
+	reports []byte
 	// unnamedHere: the backend's unnamed statement is the client's (or
 	// neither has one).
 	unnamedHere bool
@@ -158,7 +161,10 @@ type txSession struct {
 	unnamed  *clientStmt       // the client's unnamed statement, if any
 	settings map[string]string // lower-case name → statement applying it
 	startup  map[string]string // the start-up settings, which RESET restores
-	fp       string
+	// startupValues are the start-up settings' values, by lower-case
+	// name, as the client was told them at start-up.
+	startupValues map[string]string
+	fp            string
 	// pinned is why the client keeps its backend until it leaves; "" when
 	// it does not.
 	pinned pinReason
@@ -188,6 +194,10 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, fi
 		tx.settings[lowerASCII(st.name)] = setQuery([]startupSetting{st})
 	}
 	tx.startup = cloneMap(tx.settings)
+	tx.startupValues = make(map[string]string, len(startup))
+	for _, st := range startup {
+		tx.startupValues[lowerASCII(st.name)] = st.value
+	}
 	tx.fp = fingerprint(tx.settings)
 	for _, st := range startup {
 		if lowerASCII(st.name) == "client_encoding" && unsafeClientEncoding(st.value) {

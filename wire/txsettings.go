@@ -3,6 +3,8 @@ package wire
 import (
 	"crypto/sha256"
 	"encoding/hex"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Transaction mode, settings: the SETs a client's session carries from
@@ -83,7 +85,11 @@ func (tx *txSession) applySetLocked(att *attachment, set *setCommand) {
 	case set.resetAll, set.discardAll:
 		tx.settings = cloneMap(tx.startup)
 		att.state.settings = map[string]string{}
+		for _, name := range sortedKeys(tx.startupValues) {
+			tx.reportStartupLocked(att, name)
+		}
 	case set.reset:
+		tx.reportStartupLocked(att, set.name)
 		if v, ok := tx.startup[set.name]; ok {
 			tx.settings[set.name] = v
 		} else {
@@ -104,6 +110,32 @@ func (tx *txSession) applySetLocked(att *attachment, set *setCommand) {
 	} else {
 		att.state.settingsFP = fingerprint(att.state.settings)
 	}
+}
+
+// reportedSettings are the settings PostgreSQL reports to clients that a
+// start-up packet may set, by lower-case name, as the server spells them.
+var reportedSettings = map[string]string{
+	"application_name": "application_name", "client_encoding": "client_encoding",
+	"datestyle": "DateStyle", "intervalstyle": "IntervalStyle", "timezone": "TimeZone",
+	"standard_conforming_strings":   "standard_conforming_strings",
+	"default_transaction_read_only": "default_transaction_read_only",
+}
+
+// reportStartupLocked tells the client, before the ReadyForQuery that ends
+// its RESET, that a reported setting it gave at start-up is back to that
+// value. The backend went to its own default and reported that (or, if
+// the value did not change, nothing); the client's session is its
+// start-up value again from its next transaction, as on a direct
+// connection. A client left believing otherwise would act on a value its
+// session does not have: libpq escapes strings by what it was told of
+// standard_conforming_strings.
+func (tx *txSession) reportStartupLocked(att *attachment, name string) {
+	v, ok := tx.startupValues[name]
+	spelled, reported := reportedSettings[name]
+	if !ok || !reported {
+		return
+	}
+	att.reports, _ = (&pgproto3.ParameterStatus{Name: spelled, Value: v}).Encode(att.reports)
 }
 
 // pinLocked keeps the client on its backend until it disconnects. Called
