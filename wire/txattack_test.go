@@ -315,3 +315,31 @@ func TestTxAttackResetReports(t *testing.T) {
 	}
 	sameAsDirect(t, a, d, "show standard_conforming_strings", "show timezone")
 }
+
+// TestTxAttackClientEncodingReplay: a client's settings are applied again
+// in the encoding it wrote them in. A LATIN1 client's application_name
+// was replayed before its client_encoding, so the server read its bytes
+// as UTF-8 and refused them, and the client was disconnected.
+func TestTxAttackClientEncodingReplay(t *testing.T) {
+	// Two backends: one that pins keeps one, and B takes the other.
+	g := txGatewayWith(t, 2, nil)
+	for _, tc := range []struct {
+		opts  string
+		steps []string
+	}{
+		{"client_encoding=LATIN1", []string{"set myapp.label = 'caf\xe9'"}},
+		{"", []string{"set client_encoding = 'LATIN1'", "set myapp.label = 'caf\xe9'"}},
+		{"", []string{"set myapp.label = 'caf\xc3\xa9'", "set client_encoding = 'LATIN1'"}},
+	} {
+		a := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM, tc.opts)
+		d := directConnect(t, tc.opts)
+		sameAsDirect(t, a, d, tc.steps...)
+		b := txConnect(t, g)
+		answer(b, "select 1") // the backend serves someone else in between
+		sameAsDirect(t, a, d, "show myapp.label", "select 'd\xe9j\xe0'")
+		a.Close(context.Background())
+		if got := answer(b, "show client_encoding"); got != "UTF8" {
+			t.Errorf("the next client's client_encoding: %q", got)
+		}
+	}
+}

@@ -40,11 +40,16 @@ func (tx *txSession) attach() (*attachment, error) {
 	conn := lease.Conn()
 	state := stateOf(conn)
 	if state.settingsFP != tx.fp || state.settings == nil {
-		if q := settingsDiff(state.settings, tx.settings); q != "" {
+		for i, q := range settingsDiff(state.settings, tx.settings) {
 			ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
 			_, err := conn.Exec(ctx, q)
 			cancel()
 			if err != nil {
+				if i > 0 {
+					// The first query took effect: what the backend holds
+					// is no longer known.
+					state.settings, state.settingsFP = nil, unknownSettings
+				}
 				var pgErr *pgconn.PgError
 				if errors.As(err, &pgErr) {
 					lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})

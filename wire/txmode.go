@@ -551,6 +551,11 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 	case 'Q':
 		query, _ := cBytes(body)
 		fx := analyzeQuery(&tx.scan, bytesView(query), true)
+		if fx.set != nil && fx.set.name == "client_encoding" && tx.nonASCIISettingsLocked() {
+			// Settings written in the old encoding cannot be applied
+			// again after the new one (txsettings.go: settingsDiff).
+			fx.pinFor(pinSet)
+		}
 		if set := fx.set; set != nil && fx.pin == "" && tx.pinned == "" {
 			set.seq = seq
 			att.pendingSets = append(att.pendingSets, set)

@@ -112,6 +112,23 @@ func (tx *txSession) applySetLocked(att *attachment, set *setCommand) {
 	}
 }
 
+// nonASCIISettingsLocked reports whether a setting of the client other
+// than client_encoding has bytes beyond ASCII, whose meaning depends on
+// the encoding in force.
+func (tx *txSession) nonASCIISettingsLocked() bool {
+	for name, stmt := range tx.settings {
+		if name == "client_encoding" {
+			continue
+		}
+		for i := 0; i < len(stmt); i++ {
+			if stmt[i] >= 0x80 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // reportedSettings are the settings PostgreSQL reports to clients that a
 // start-up packet may set, by lower-case name, as the server spells them.
 var reportedSettings = map[string]string{
@@ -169,23 +186,41 @@ func fingerprint(settings map[string]string) string {
 
 // settingsDiff is the SQL that turns a backend's settings from have into
 // want: RESET what only have set, and apply what want sets differently.
-func settingsDiff(have, want map[string]string) string {
-	var q []byte
+//
+// A change of client_encoding (and RESET ALL) is a query of its own, run
+// first: the server converts a whole query string from the encoding in
+// force when it arrives, and the client wrote its other settings in the
+// encoding it has now (one that changes it after writing others with
+// bytes beyond ASCII is pinned instead).
+func settingsDiff(have, want map[string]string) []string {
+	var first, q []byte
 	if have == nil {
-		q = append(q, "RESET ALL;"...)
+		first = append(first, "RESET ALL;"...)
 	}
 	for _, name := range sortedKeys(have) {
 		if _, ok := want[name]; !ok {
-			q = append(q, "RESET "...)
-			q = append(q, quoteQualified(name)...)
-			q = append(q, ';')
+			stmt := "RESET " + quoteQualified(name) + ";"
+			if name == "client_encoding" {
+				first = append(first, stmt...)
+			} else {
+				q = append(q, stmt...)
+			}
 		}
 	}
 	for _, name := range sortedKeys(want) {
 		if have[name] != want[name] {
-			q = append(q, want[name]...)
-			q = append(q, ';')
+			if name == "client_encoding" {
+				first = append(append(first, want[name]...), ';')
+			} else {
+				q = append(append(q, want[name]...), ';')
+			}
 		}
 	}
-	return string(q)
+	var queries []string
+	for _, b := range [][]byte{first, q} {
+		if len(b) > 0 {
+			queries = append(queries, string(b))
+		}
+	}
+	return queries
 }
