@@ -394,7 +394,13 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 		}
 		for i, pr := range att.pending {
 			if pr.typ == want {
-				att.pending = append(att.pending[:i], att.pending[i+1:]...)
+				if i == 0 {
+					// The usual case (replies come in order): O(1), so a
+					// long pipeline without a Sync costs linear time.
+					att.pending = att.pending[1:]
+				} else {
+					att.pending = append(att.pending[:i], att.pending[i+1:]...)
+				}
 				return !pr.injected, false
 			}
 		}
