@@ -15,8 +15,8 @@ import (
 
 	"github.com/querycop/querycop/admin"
 	"github.com/querycop/querycop/backend"
-	"github.com/querycop/querycop/console"
 	"github.com/querycop/querycop/internal/confcheck"
+	"github.com/querycop/querycop/internal/console"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/wire"
 )

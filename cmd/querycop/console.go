@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/querycop/querycop/console"
 	"github.com/querycop/querycop/internal/confcheck"
+	"github.com/querycop/querycop/internal/console"
 	"github.com/querycop/querycop/pool"
 	"github.com/querycop/querycop/wire"
 )
