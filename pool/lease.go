@@ -91,8 +91,8 @@ func (l *Lease) Release(st ReleaseState) {
 		return
 	}
 	if c.retired(time.Now()) {
+		pl.stats.retired.Add(1) // before the close the server sees
 		pl.destroy(l.res, reasons.Lifetime)
-		pl.stats.retired.Add(1)
 		return
 	}
 	if pl.ps.isPaused() {

@@ -105,8 +105,8 @@ func (pl *Pool) maintain() {
 			// Room: the replacement first, so capacity never dips.
 			replace = !pl.createQuietly()
 		}
+		pl.stats.retired.Add(1) // before the close the server sees
 		pl.destroy(res, reasons.Lifetime)
-		pl.stats.retired.Add(1)
 		done()
 		if replace {
 			pl.createQuietly()

@@ -538,8 +538,8 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		}
 		c := res.Value()
 		if c.retired(time.Now()) {
+			pl.stats.retired.Add(1) // before the close the server sees
 			pl.destroy(res, reasons.Lifetime)
-			pl.stats.retired.Add(1)
 			continue
 		}
 		if !c.Alive() {
