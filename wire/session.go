@@ -551,6 +551,8 @@ func (ss *session) send(resp *pgproto3.ErrorResponse) {
 	defer ss.writeMu.Unlock()
 	_ = ss.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_, _ = ss.conn.Write(buf)
+	// No deadline left behind for a later write of the same session.
+	_ = ss.conn.SetWriteDeadline(time.Time{})
 }
 
 // handoff completes the client's start-up in one write: the parameters the
