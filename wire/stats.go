@@ -95,41 +95,20 @@ type serverCounters struct {
 	disconnects map[string]int64
 }
 
-func (c *serverCounters) disconnect(reason reasons.Reason) {
+// add counts one event of key in the map m points to.
+func (c *serverCounters) add(m *map[string]int64, key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.disconnects == nil {
-		c.disconnects = map[string]int64{}
+	if *m == nil {
+		*m = map[string]int64{}
 	}
-	c.disconnects[string(reason)]++
+	(*m)[key]++
 }
 
-func (c *serverCounters) login(method string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.logins == nil {
-		c.logins = map[string]int64{}
-	}
-	c.logins[method]++
-}
-
-func (c *serverCounters) pin(reason pinReason) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.pins == nil {
-		c.pins = map[string]int64{}
-	}
-	c.pins[string(reason)]++
-}
-
-func (c *serverCounters) refuse(reason reasons.Reason) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.refused == nil {
-		c.refused = map[string]int64{}
-	}
-	c.refused[string(reason)]++
-}
+func (c *serverCounters) disconnect(reason reasons.Reason) { c.add(&c.disconnects, string(reason)) }
+func (c *serverCounters) login(method string)              { c.add(&c.logins, method) }
+func (c *serverCounters) pin(reason pinReason)             { c.add(&c.pins, string(reason)) }
+func (c *serverCounters) refuse(reason reasons.Reason)     { c.add(&c.refused, string(reason)) }
 
 // sessionEnded keeps an ended session's totals, overall and by database.
 // The caller holds Server.mu.
