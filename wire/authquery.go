@@ -274,6 +274,11 @@ func (aq *authQuery) fetch(user string) authQueryResult {
 		switch {
 		case err == nil:
 			return aq.result(user, rows, total)
+		case errors.As(err, &pgErr) && unencodableName(pgErr):
+			// A name the server cannot take as text (not UTF-8, or not
+			// in its encoding) names no role: an unknown user, as
+			// PostgreSQL answers it, not a broken auth query.
+			return authQueryResult{}
 		case errors.As(err, &pgErr):
 			return aq.failed(aq.queryError(pgErr))
 		}
@@ -283,6 +288,12 @@ func (aq *authQuery) fetch(user string) authQueryResult {
 		}
 		// A kept connection the server closed meanwhile: once more, anew.
 	}
+}
+
+// unencodableName reports whether the server refused the user name
+// parameter itself: character_not_in_repertoire, untranslatable_character.
+func unencodableName(pgErr *pgconn.PgError) bool {
+	return pgErr.Code == "22021" || pgErr.Code == "22P05"
 }
 
 // result reads the query's answer: no row is an unknown user; one row has
