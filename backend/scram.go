@@ -59,7 +59,8 @@ func (e *VerifierMismatchError) Unwrap() error { return e.pgError() }
 func (e *VerifierMismatchError) pgError() *pgconn.PgError {
 	return &pgconn.PgError{
 		Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "28P01",
-		Message: fmt.Sprintf("password authentication failed for user %q: the server's password for this user has changed since querycop read its SCRAM secret", e.User),
+		// Quoted as PostgreSQL does (no escaping), not with %q.
+		Message: fmt.Sprintf(`password authentication failed for user "%s": the server's password for this user has changed since querycop read its SCRAM secret`, e.User),
 		Detail:  e.Reason,
 		Hint:    "If the password was just changed, connect again with the new password; querycop's copy of the secret (GATEKEEPER_CLIENT_AUTH_FILE, or the auth query's cache) must be refreshed to match pg_authid.",
 	}

@@ -185,3 +185,12 @@ func TestLoginWithSCRAMKeys(t *testing.T) {
 		})
 	}
 }
+
+// The refusal starts with PostgreSQL's own text, whose quotes around the
+// user name escape nothing, whatever the name holds.
+func TestVerifierMismatchQuotesAsPostgreSQL(t *testing.T) {
+	err := &VerifierMismatchError{User: `o"k\é`}
+	if want := `password authentication failed for user "o"k\é": `; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("message %q does not start with %q", err.Error(), want)
+	}
+}

@@ -202,7 +202,7 @@ func splitGS2(msg string, plus, offeredPlus bool) (header, bare string, err erro
 			return "", "", protocolErrorf("the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data")
 		}
 		if name != "p=tls-server-end-point" {
-			return "", "", protocolErrorf("unsupported SCRAM channel-binding type %q", strings.TrimPrefix(name, "p="))
+			return "", "", protocolErrorf("unsupported SCRAM channel-binding type %s", quoteName(strings.TrimPrefix(name, "p=")))
 		}
 		rest = after
 	case 'y', 'n':

@@ -157,6 +157,8 @@ func TestSCRAMChannelBinding(t *testing.T) {
 			scramCase{scramMechanism, "p=tls-server-end-point,,", cb}, "includes channel binding data"},
 		{"another channel binding type", tlsSession,
 			scramCase{scramPlusMechanism, "p=tls-unique,,", cb}, "unsupported SCRAM channel-binding type"},
+		{"a huge channel binding type is not repeated whole", tlsSession,
+			scramCase{scramPlusMechanism, "p=" + strings.Repeat("x", 60000) + ",,", cb}, `type "` + strings.Repeat("x", 64) + `..."`},
 		{"an authorization identity", tlsSession,
 			scramCase{scramPlusMechanism, "p=tls-server-end-point,a=admin,", cb}, "authorization identity"},
 		{"PLUS without TLS", plainSession,
