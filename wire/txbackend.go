@@ -317,6 +317,12 @@ func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, 
 			detach = end
 			continue
 		}
+		if typ != 'Z' && typ != 'S' && tx.inInjectedBatch(att) {
+			// An answer to the gateway's own query: not the client's.
+			att.hold = att.holdArr[:0]
+			att.skip = length - 4
+			continue
+		}
 		// Streamed message: forward the header, then the body as it comes.
 		out = append(out, att.hold[:5]...)
 		att.hold = att.holdArr[:0]
@@ -410,6 +416,18 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 	// the server after an error, so statements parsed there do not exist.
 	batch := att.answered
 	att.answered++
+	if len(att.injectedBatches) > 0 && att.injectedBatches[0] == batch {
+		// The end of the gateway's own query: the client asked nothing.
+		// The backend holds the client's start-up values now (or, had the
+		// query failed, not): the next client gets RESET ALL and all of
+		// its own settings.
+		att.injectedBatches = att.injectedBatches[1:]
+		att.state.settings, att.state.settingsFP = nil, unknownSettings
+		if len(body) == 1 {
+			att.txStatus = body[0]
+		}
+		return false, tx.detachIfDoneLocked(att)
+	}
 	if tx.ss.outstanding.Add(-1) == 0 {
 		defer tx.ss.armIdle()
 	}
@@ -454,6 +472,13 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 	tx.settleSetsLocked(att, batch, prev)
 	att.errInBatch = false
 	clear(att.dupNames)
+	return true, tx.detachIfDoneLocked(att)
+}
+
+// detachIfDoneLocked ends the attachment when the client is between
+// transactions with everything answered (a pinned client is noted as idle
+// instead), and reports whether it ended.
+func (tx *txSession) detachIfDoneLocked(att *attachment) bool {
 	if tx.pinned != "" && !att.txIdle && att.sent == att.answered && att.lastSettled && att.txStatus == 'I' {
 		att.pinnedIdle = true
 	}
@@ -461,9 +486,17 @@ func (tx *txSession) onReply(att *attachment, typ byte, body []byte) (keep, end 
 		att.detached = true
 		tx.att = nil
 		tx.ss.lease.Store(nil)
-		return true, true
+		return true
 	}
-	return true, false
+	return false
+}
+
+// inInjectedBatch reports whether the backend is answering a query the
+// gateway sent itself.
+func (tx *txSession) inInjectedBatch(att *attachment) bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return len(att.injectedBatches) > 0 && att.injectedBatches[0] == att.answered
 }
 
 // dropsNotifications reports whether a NotificationResponse must not reach
@@ -484,8 +517,8 @@ func (tx *txSession) onParameterStatus(att *attachment, body []byte) {
 	name := lowerASCII(string(raw))
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	if tx.pinned != "" {
-		return
+	if tx.pinned != "" || (len(att.injectedBatches) > 0 && att.injectedBatches[0] == att.answered) {
+		return // pinned already, or the report of the gateway's own query
 	}
 	switch name {
 	case "in_hot_standby":

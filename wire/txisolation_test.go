@@ -665,3 +665,35 @@ func TestTxPinnedClientClosedBetweenTransactions(t *testing.T) {
 		t.Errorf("the idle pinned client was closed after the other session's query finished: kept as if busy")
 	}
 }
+
+// TestTxResetReadBackAtOnce: RESET of a start-up setting shows the
+// start-up value at once, inside a transaction block and for a pinned
+// client (which never changes backends), as on a direct connection.
+func TestTxResetReadBackAtOnce(t *testing.T) {
+	g := txGatewayWith(t, 2, nil)
+	opts := "options='-c search_path=startup_path -c application_name=startup_app'"
+	for _, tc := range []struct {
+		name  string
+		stmts []string
+	}{
+		{"in a block", []string{"begin", "set search_path = x", "reset search_path", "show search_path", "reset all", "show application_name", "commit", "show search_path"}},
+		{"pinned", []string{"create temp table qc_reset_pin(a int)", "set search_path = x", "reset search_path", "show search_path",
+			"set application_name = y", "reset all", "show application_name", "show search_path", "discard all", "show search_path"}},
+		{"pipelined", []string{"set search_path = x; select 1", "reset search_path", "show search_path"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM, opts)
+			direct := directConnect(t, opts)
+			sameAsDirect(t, a, direct, tc.stmts...)
+		})
+	}
+	// Raw protocol: the gateway's own query leaves no trace in what the
+	// client receives.
+	a := rawGatewayParams(t, g, map[string]string{"options": "-c search_path=startup_path"})
+	da := rawDirect(t, "options='-c search_path=startup_path'")
+	batch := []pgproto3.FrontendMessage{txQuery("begin"), txQuery("set search_path = x"), txQuery("reset all"), txQuery("show search_path"),
+		txQuery("reset search_path"), txQuery("commit"), txQuery("show search_path")}
+	if got, want := strings.Join(a.run(t, batch...), "; "), strings.Join(da.run(t, batch...), "; "); got != want {
+		t.Errorf("pipelined RESET ALL:\n gateway %s\n direct  %s", got, want)
+	}
+}

@@ -118,6 +118,9 @@ type attachment struct {
 	tainted bool
 	// skip is the body bytes still to drop of a message not forwarded.
 	skip int
+	// injectedBatches are the batches (by sequence) of queries the gateway
+	// sent itself, whose answers are dropped.
+	injectedBatches []int
 	// pinnedIdle: a pinned client's requests are all answered outside a
 	// transaction (the point where an unpinned one detaches); txIdle:
 	// shutdown was told so, and the next request tells it otherwise.
@@ -570,6 +573,14 @@ func (tx *txSession) handle(out []byte, typ byte, body []byte) ([]byte, error) {
 			out = appendQuery(out, string(rewritten))
 		} else {
 			out = appendRaw(out, typ, body)
+		}
+		if restore := tx.startupRestoreLocked(fx); restore != "" && !changed {
+			// The server's RESET goes back to the pool's default; the
+			// client's start-up value follows at once, in a query of the
+			// gateway's whose answers the client never sees.
+			att.injectedBatches = append(att.injectedBatches, seq+1)
+			att.sent++
+			out = appendQuery(out, restore)
 		}
 		tx.ss.rc.queries.Add(1)
 	case 'E':

@@ -59,6 +59,12 @@ type rawConn struct {
 // cleartext password exchange the gateway asks for.
 func rawGateway(t *testing.T, g *gateway) *rawConn {
 	t.Helper()
+	return rawGatewayParams(t, g, nil)
+}
+
+// rawGatewayParams is rawGateway with more start-up parameters.
+func rawGatewayParams(t *testing.T, g *gateway, extra map[string]string) *rawConn {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", g.addr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("dial gateway: %v", err)
@@ -66,8 +72,11 @@ func rawGateway(t *testing.T, g *gateway) *rawConn {
 	t.Cleanup(func() { conn.Close() })
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	fe := pgproto3.NewFrontend(conn, conn)
-	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
-		Parameters: map[string]string{"user": pgtest.UserSCRAM, "database": pgtest.Database}})
+	params := map[string]string{"user": pgtest.UserSCRAM, "database": pgtest.Database}
+	for k, v := range extra {
+		params[k] = v
+	}
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: params})
 	if err := fe.Flush(); err != nil {
 		t.Fatalf("startup: %v", err)
 	}
@@ -95,12 +104,12 @@ func rawGateway(t *testing.T, g *gateway) *rawConn {
 }
 
 // rawDirect is a protocol-level client straight to the cluster.
-func rawDirect(t *testing.T) *rawConn {
+func rawDirect(t *testing.T, extra ...string) *rawConn {
 	t.Helper()
 	c := pgtest.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	pc, err := pgconn.Connect(ctx, c.ConnString(pgtest.UserSCRAM, pgtest.PassSCRAM, pgtest.Database))
+	pc, err := pgconn.Connect(ctx, c.ConnString(pgtest.UserSCRAM, pgtest.PassSCRAM, pgtest.Database)+" "+strings.Join(extra, " "))
 	if err != nil {
 		t.Fatalf("direct connection: %v", err)
 	}

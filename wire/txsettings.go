@@ -3,6 +3,7 @@ package wire
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -223,4 +224,26 @@ func settingsDiff(have, want map[string]string) []string {
 		}
 	}
 	return queries
+}
+
+// startupRestoreLocked is the SQL that puts back the start-up values a
+// tracked RESET, RESET ALL or DISCARD ALL of the client is about to reset
+// on the backend (to the pool's defaults, not the client's start-up
+// values), or "" when there are none.
+func (tx *txSession) startupRestoreLocked(fx queryEffects) string {
+	set := fx.set
+	if set == nil || fx.pin != "" || len(tx.startup) == 0 {
+		return ""
+	}
+	switch {
+	case set.resetAll || set.discardAll:
+		var q []string
+		for _, name := range sortedKeys(tx.startup) {
+			q = append(q, tx.startup[name])
+		}
+		return strings.Join(q, ";")
+	case set.reset:
+		return tx.startup[set.name]
+	}
+	return ""
 }
