@@ -95,6 +95,12 @@ type authQuery struct {
 	mu       sync.Mutex
 	entries  map[string]*authQueryEntry // guarded by mu
 	lastWarn time.Time                  // guarded by mu
+	// loginErr is the auth role's last failed login, answered without a
+	// new login until loginRetry: a flood of made-up names must not turn
+	// into one failed login per name. Guarded by mu.
+	loginErr     *clientError
+	loginRetry   time.Time
+	loginBackoff time.Duration
 	counts   map[string]int64           // lookups by result; guarded by mu
 }
 
@@ -230,6 +236,9 @@ func (aq *authQuery) invalidate(user string, force bool) {
 func (aq *authQuery) flush() {
 	aq.mu.Lock()
 	defer aq.mu.Unlock()
+	// SIGHUP: an operator who fixed the auth role's password wants it
+	// tried now.
+	aq.loginErr, aq.loginBackoff = nil, 0
 	for user, e := range aq.entries {
 		select {
 		case <-e.ready:
@@ -260,11 +269,17 @@ func (aq *authQuery) fetch(user string) authQueryResult {
 		fresh := false
 		if aq.conn == nil || time.Since(aq.connAt) > authConnMaxAge {
 			aq.dropConn()
+			if ce := aq.loginBackingOff(); ce != nil {
+				return authQueryResult{err: ce}
+			}
 			c, err := aq.dialer.Dial(ctx, backend.Params{User: aq.user, Database: aq.database, Password: aq.password(),
 				Runtime: map[string]string{"application_name": "querycop auth query"}})
 			if err != nil {
-				return aq.failed(aq.loginError(err))
+				ce := aq.loginError(err)
+				aq.loginFailed(ce)
+				return aq.failed(ce)
 			}
+			aq.loginSucceeded()
 			aq.conn, aq.connAt, fresh = c, time.Now(), true
 		}
 		rows, total, err := aq.conn.Query(ctx, aq.query, []string{user}, 1)
@@ -334,6 +349,36 @@ func (aq *authQuery) failed(ce *clientError) authQueryResult {
 		aq.log.Warn().Str("auth_user", aq.user).Str("error", ce.Error()).Msg("auth query failed; clients without an auth file entry cannot log in")
 	}
 	return authQueryResult{err: ce}
+}
+
+// Backoff of the auth role's logins after a failure: from
+// authLoginBackoffMin, doubling to authLoginBackoffMax.
+const (
+	authLoginBackoffMin = time.Second
+	authLoginBackoffMax = 30 * time.Second
+)
+
+// loginBackingOff is the last login failure while its backoff lasts.
+func (aq *authQuery) loginBackingOff() *clientError {
+	aq.mu.Lock()
+	defer aq.mu.Unlock()
+	if aq.loginErr != nil && time.Now().Before(aq.loginRetry) {
+		return aq.loginErr
+	}
+	return nil
+}
+
+func (aq *authQuery) loginFailed(ce *clientError) {
+	aq.mu.Lock()
+	defer aq.mu.Unlock()
+	aq.loginBackoff = min(max(2*aq.loginBackoff, authLoginBackoffMin), authLoginBackoffMax)
+	aq.loginErr, aq.loginRetry = ce, time.Now().Add(aq.loginBackoff)
+}
+
+func (aq *authQuery) loginSucceeded() {
+	aq.mu.Lock()
+	defer aq.mu.Unlock()
+	aq.loginErr, aq.loginBackoff = nil, 0
 }
 
 // loginError says why GATEKEEPER_AUTH_USER could not log in.

@@ -1,12 +1,17 @@
 package wire
 
 import (
+	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
+
+	"github.com/querycop/querycop/backend"
 )
 
 // A lookup queued behind another for its whole timeout gives up with a
@@ -96,5 +101,36 @@ func TestAuthQueryInvalidate(t *testing.T) {
 	aq.flush()
 	if has("a") || !has("pending") {
 		t.Errorf("flush: settled answers must go, lookups in flight stay: %v", aq.entries)
+	}
+}
+
+// countingDialer fails every login, counting the attempts.
+type countingDialer struct{ dials atomic.Int64 }
+
+func (d *countingDialer) Dial(ctx context.Context, p backend.Params) (*backend.Conn, error) {
+	d.dials.Add(1)
+	return nil, &pgconn.PgError{Severity: "FATAL", Code: "28P01", Message: `password authentication failed for user "qa"`}
+}
+
+// A wrong GATEKEEPER_AUTH_PASSWORD under a flood of made-up names costs one
+// failed login of the auth role per backoff, not one per name; SIGHUP's
+// flush lets the next lookup try again at once.
+func TestAuthQueryLoginBackoff(t *testing.T) {
+	d := &countingDialer{}
+	aq := newAuthQuery(Config{AuthUser: "qa", AuthDatabase: "postgres", AuthQuery: DefaultAuthQuery, LoginTimeout: time.Second},
+		d, func() string { return "wrong" }, zerolog.Nop())
+	for i := 0; i < 50; i++ {
+		res := aq.lookup(context.Background(), fmt.Sprintf("made-up-%d", i))
+		if res.err == nil || !strings.Contains(res.err.Error(), "cannot log in") {
+			t.Fatalf("lookup %d: %+v, want the auth role's login failure", i, res)
+		}
+	}
+	if n := d.dials.Load(); n != 1 {
+		t.Errorf("50 names cost %d logins of the auth role, want 1 within the backoff", n)
+	}
+	aq.flush()
+	aq.lookup(context.Background(), "after-sighup")
+	if n := d.dials.Load(); n != 2 {
+		t.Errorf("after a flush, %d logins in all, want 2", n)
 	}
 }
