@@ -101,7 +101,7 @@ type authQuery struct {
 	loginErr     *clientError
 	loginRetry   time.Time
 	loginBackoff time.Duration
-	counts   map[string]int64           // lookups by result; guarded by mu
+	counts       map[string]int64 // lookups by result; guarded by mu
 }
 
 // authQueryResults label querycop_auth_query_lookups_total: "cached" was
