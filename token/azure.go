@@ -61,6 +61,9 @@ func newAzure(cfg Config) (*azureProvider, error) {
 	// no such entry, so discovery is skipped for it, as the SDK advises.
 	noDiscovery := customAuthority(os.Getenv("AZURE_AUTHORITY_HOST"))
 	p := &azureProvider{}
+	// Every identity endpoint is asked through a client whose requests end
+	// with the token timeout and whose answers are bounded.
+	client := azcore.ClientOptions{Transport: providerHTTPClient(cfg.Timeout)}
 
 	// A source the operator configured explicitly is the only one tried:
 	// were a workload identity's exchange to fail and the chain go on, an
@@ -68,14 +71,14 @@ func newAzure(cfg Config) (*azureProvider, error) {
 	switch {
 	case os.Getenv("AZURE_FEDERATED_TOKEN_FILE") != "":
 		c, err := azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
-			ClientID: clientID, DisableInstanceDiscovery: noDiscovery,
+			ClientOptions: client, ClientID: clientID, DisableInstanceDiscovery: noDiscovery,
 		})
 		p.chain = append(p.chain, azureSource{name: "workload identity", cred: c, err: err})
 	case os.Getenv("AZURE_CLIENT_SECRET") != "" || os.Getenv("AZURE_CLIENT_CERTIFICATE_PATH") != "":
-		c, err := azidentity.NewEnvironmentCredential(&azidentity.EnvironmentCredentialOptions{DisableInstanceDiscovery: noDiscovery})
+		c, err := azidentity.NewEnvironmentCredential(&azidentity.EnvironmentCredentialOptions{ClientOptions: client, DisableInstanceDiscovery: noDiscovery})
 		p.chain = append(p.chain, azureSource{name: "environment service principal", cred: c, err: err})
 	default:
-		miOpts := &azidentity.ManagedIdentityCredentialOptions{}
+		miOpts := &azidentity.ManagedIdentityCredentialOptions{ClientOptions: client}
 		if clientID != "" {
 			miOpts.ID = azidentity.ClientID(clientID)
 		}

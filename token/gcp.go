@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
 	"strings"
 	"time"
+
+	"golang.org/x/oauth2"
 
 	"cloud.google.com/go/compute/metadata"
 	"golang.org/x/oauth2/google"
@@ -19,10 +23,11 @@ import (
 // Cloud Run). Cloud SQL and AlloyDB IAM logins take the token as password.
 type gcpProvider struct {
 	scopes []string
+	client *http.Client // bounded in time and size: providerHTTPClient
 }
 
 func newGCP(cfg Config) (*gcpProvider, error) {
-	return &gcpProvider{scopes: gcpScopes(cfg.GCPScopes)}, nil
+	return &gcpProvider{scopes: gcpScopes(cfg.GCPScopes), client: providerHTTPClient(cfg.Timeout)}, nil
 }
 
 // gcpScopes splits the configured scopes on spaces and commas.
@@ -44,9 +49,15 @@ func (p *gcpProvider) Mint(ctx context.Context, t Target) (string, error) {
 // (GATEKEEPER_BACKEND_TOKEN_REFRESH_MARGIN), so a client-side cache would
 // only hand the old token back. The metadata server keeps its own cache.
 func (p *gcpProvider) MintTimed(ctx context.Context, _ Target) (string, time.Time, error) {
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, p.client)
 	creds, err := google.FindDefaultCredentials(ctx, p.scopes...)
 	if err != nil {
 		return "", time.Time{}, providerError(ProviderGCP, err)
+	}
+	if len(creds.JSON) == 0 {
+		// The metadata server: asked through our own bounded client, as
+		// the oauth2 package's compute token source takes none.
+		return p.metadataToken(ctx)
 	}
 	tok, err := creds.TokenSource.Token()
 	if err != nil {
@@ -97,4 +108,32 @@ func (p *gcpProvider) Identity(ctx context.Context, _ string) (string, error) {
 		return email + " (metadata server)", nil
 	}
 	return "", errors.New("no credentials found")
+}
+
+// metadataToken asks the metadata server for the default service
+// account's token, as the oauth2 package's compute token source does.
+func (p *gcpProvider) metadataToken(ctx context.Context) (string, time.Time, error) {
+	path := "instance/service-accounts/default/token"
+	if len(p.scopes) > 0 {
+		path += "?scopes=" + url.QueryEscape(strings.Join(p.scopes, ","))
+	}
+	body, err := metadata.NewClient(p.client).GetWithContext(ctx, path)
+	if err != nil {
+		return "", time.Time{}, providerError(ProviderGCP, err)
+	}
+	var r struct {
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int64  `json:"expires_in"`
+	}
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		return "", time.Time{}, providerError(ProviderGCP, fmt.Errorf("reading the metadata server's token: %w", err))
+	}
+	if r.AccessToken == "" {
+		return "", time.Time{}, providerError(ProviderGCP, errors.New("the metadata server gave an empty access token"))
+	}
+	var exp time.Time
+	if r.ExpiresIn > 0 {
+		exp = time.Now().Add(time.Duration(r.ExpiresIn) * time.Second)
+	}
+	return r.AccessToken, exp, nil
 }
