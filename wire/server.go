@@ -194,8 +194,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		answerWait = 0 // Close: no grace
 	}
 	if answerWait > 0 {
+		// Each in a goroutine: a drain or close waits up to
+		// shutdownWriteWait on a client that does not read, and one such
+		// client must not hold up the others (nor many of them add up).
 		for _, ss := range s.snapshot() {
-			ss.drain()
+			go ss.drain()
 		}
 		t := time.NewTimer(answerWait)
 		select {
@@ -208,7 +211,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	// Sessions that started after the snapshot are in the next one.
 	for _, ss := range s.snapshot() {
-		ss.forceClose()
+		go ss.forceClose()
 	}
 	s.cancel()
 	t := time.NewTimer(shutdownWriteWait + shutdownExitWait)

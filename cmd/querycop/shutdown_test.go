@@ -37,8 +37,8 @@ func want57P01(t *testing.T, name string, c *pgconn.PgConn) {
 	}
 }
 
-// SIGTERM while a client has a large result in flight and does not read
-// it: the relay is blocked writing to that client. The process still exits
+// SIGTERM while clients have a large result in flight and do not read it:
+// the relay is blocked writing to each of them. The process still exits
 // within GATEKEEPER_SHUTDOWN_TIMEOUT plus wire.ShutdownBound, every other
 // session gets its 57P01, and a query running when the timeout expires
 // gets its answer first.
@@ -55,14 +55,17 @@ func TestSIGTERMWithClientNotReading(t *testing.T) {
 			slow := p.mustConnect(t)
 			mustExec(t, slow, "select 1")
 
-			stuck := p.mustConnect(t)
-			hj, err := stuck.Hijack()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer hj.Conn.Close()
-			if _, err := hj.Conn.Write(queryBytes("select repeat('x', 1000000) from generate_series(1, 200)")); err != nil {
-				t.Fatal(err)
+			// Several: each is closed on its own, so they must not add up.
+			for range 6 {
+				stuck := p.mustConnect(t)
+				hj, err := stuck.Hijack()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer hj.Conn.Close()
+				if _, err := hj.Conn.Write(queryBytes("select repeat('x', 1000000) from generate_series(1, 200)")); err != nil {
+					t.Fatal(err)
+				}
 			}
 			// Let the result fill the socket buffers: the relay blocks.
 			time.Sleep(500 * time.Millisecond)
