@@ -34,31 +34,7 @@ func TestStopDuringHangingTokenCommand(t *testing.T) {
 		"TOKENCMD_PID_FILE="+pidFile,
 		"PATH="+os.Getenv("PATH"),
 	)
-	go func() { // needs a token: the command starts, and hangs
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if conn, err := p.connect(ctx); err == nil {
-			conn.Close(context.Background())
-		}
-	}()
-	var pid, pgid int
-	ok, why := poll(10*time.Second, func() (bool, string) {
-		data, err := os.ReadFile(pidFile)
-		if err != nil || !strings.HasSuffix(string(data), "\n") {
-			return false, "no PID file from hang.sh"
-		}
-		pid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
-		st, found := testkit.ReadProcStat(pid)
-		pgid = st.PGID
-		return found, "hang.sh is not running"
-	})
-	if !ok {
-		t.Fatal(why)
-	}
-	if pgid == 0 || pgid == p.cmd.Process.Pid {
-		t.Fatalf("hang.sh runs in process group %d, not its own", pgid)
-	}
-	time.Sleep(200 * time.Millisecond) // its child starts
+	pid, pgid := startHangingMint(t, p, pidFile)
 	p.signal(t, syscall.SIGTERM)
 	if code := p.waitExit(t, 15*time.Second); code != 0 {
 		t.Errorf("querycop exited with status %d, want 0", code)
@@ -97,6 +73,23 @@ func TestSecondSignalDuringHangingTokenCommand(t *testing.T) {
 		"TOKENCMD_PID_FILE="+pidFile,
 		"PATH="+os.Getenv("PATH"),
 	)
+	pid, pgid := startHangingMint(t, p, pidFile)
+	p.signal(t, syscall.SIGTERM)
+	if ok, why := poll(10*time.Second, func() (bool, string) {
+		return logLine(p.stderr.lines(t), "shutting down: no new clients, waiting for sessions to end") != nil, "no drain log line"
+	}); !ok {
+		t.Fatal(why)
+	}
+	p.signal(t, syscall.SIGTERM)
+	p.waitExit(t, 5*time.Second)
+	testkit.AssertGroupGone(t, pid, pgid)
+}
+
+// startHangingMint has a client ask for a token, so that hang.sh starts and
+// hangs, and returns its PID and process group once it (and its child)
+// run.
+func startHangingMint(t *testing.T, p *process, pidFile string) (pid, pgid int) {
+	t.Helper()
 	go func() { // needs a token: the command starts, and hangs
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -104,7 +97,6 @@ func TestSecondSignalDuringHangingTokenCommand(t *testing.T) {
 			conn.Close(context.Background())
 		}
 	}()
-	var pid, pgid int
 	ok, why := poll(10*time.Second, func() (bool, string) {
 		data, err := os.ReadFile(pidFile)
 		if err != nil || !strings.HasSuffix(string(data), "\n") {
@@ -122,13 +114,5 @@ func TestSecondSignalDuringHangingTokenCommand(t *testing.T) {
 		t.Fatalf("hang.sh runs in process group %d, not its own", pgid)
 	}
 	time.Sleep(200 * time.Millisecond) // its child starts
-	p.signal(t, syscall.SIGTERM)
-	if ok, why := poll(10*time.Second, func() (bool, string) {
-		return logLine(p.stderr.lines(t), "shutting down: no new clients, waiting for sessions to end") != nil, "no drain log line"
-	}); !ok {
-		t.Fatal(why)
-	}
-	p.signal(t, syscall.SIGTERM)
-	p.waitExit(t, 5*time.Second)
-	testkit.AssertGroupGone(t, pid, pgid)
+	return pid, pgid
 }
