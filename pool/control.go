@@ -82,5 +82,6 @@ func (ps *Pools) Resize(database, user string, size int) int {
 
 func (pl *Pool) resize(size int) {
 	pl.lim.resize(size)
-	pl.maintain() // close idle connections over the new size now
+	pl.shrunk.Store(true) // after the new size, for maintain's check
+	pl.maintain()         // close idle connections over the new size now
 }

@@ -100,7 +100,7 @@ func (l *Lease) Release(st ReleaseState) {
 		pl.destroy(l.res, reasons.Pause)
 		return
 	}
-	if pl.total() > pl.size() {
+	if pl.shrunk.Load() && pl.total() > pl.size() {
 		pl.destroy(l.res, reasons.Resize) // shrunk while leased
 		return
 	}

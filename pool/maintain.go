@@ -112,6 +112,14 @@ func (pl *Pool) maintain() {
 			pl.createQuietly()
 		}
 	}
+	if pl.shrunk.Load() && pl.total() <= pl.size() {
+		pl.shrunk.Store(false)
+		// A resize between the check and the store set the new size
+		// first: look again.
+		if pl.total() > pl.size() {
+			pl.shrunk.Store(true)
+		}
+	}
 	if paused {
 		return
 	}

@@ -246,8 +246,13 @@ type Pool struct {
 	dials chan struct{}
 
 	clients atomic.Int64 // admitted sessions holding this pool
-	usable  atomic.Bool  // the credential worked; the janitor may dial with it
-	stats   counters
+	// shrunk: the size was lowered and the pool may still hold more
+	// connections than it; until the janitor sees otherwise, a release
+	// checks the count (a lock and an allocation in puddle, too much for
+	// every transaction).
+	shrunk atomic.Bool
+	usable atomic.Bool // the credential worked; the janitor may dial with it
+	stats  counters
 }
 
 // conn is a pooled backend connection and when it must go.

@@ -40,16 +40,30 @@ const earlyCancelWindow = time.Second
 // waitForBackend registers the session as waiting for a backend and
 // returns the context of the wait, which a CancelRequest ends.
 func (ss *session) waitForBackend() context.Context {
-	ctx, cancel := context.WithCancel(ss.srv.ctx)
 	ss.gateMu.Lock()
-	ss.waitCancel, ss.cancelReq = cancel, false
+	defer ss.gateMu.Unlock()
+	// One context serves the session's waits until a cancel ends one: in
+	// transaction mode there is a wait per transaction, and a new context
+	// each time would cost its allocations and a lock on the server's.
+	if ss.waitCtx == nil || ss.waitCtx.Err() != nil {
+		ss.waitCtx, ss.waitCtxCancel = context.WithCancel(ss.srv.ctx)
+	}
+	ss.waitCancel, ss.cancelReq = ss.waitCtxCancel, false
 	if !ss.earlyCancel.IsZero() && time.Since(ss.earlyCancel) < earlyCancelWindow {
 		ss.cancelReq = true
-		cancel()
+		ss.waitCancel()
 	}
 	ss.earlyCancel, ss.reqRead = time.Time{}, false
-	ss.gateMu.Unlock()
-	return ctx
+	return ss.waitCtx
+}
+
+// endWaits lets go of the context waits use, when the session ends.
+func (ss *session) endWaits() {
+	ss.gateMu.Lock()
+	defer ss.gateMu.Unlock()
+	if ss.waitCtxCancel != nil {
+		ss.waitCtxCancel()
+	}
 }
 
 // requestRead notes that the client's next request has started to
@@ -66,10 +80,9 @@ func (ss *session) requestRead() {
 func (ss *session) backendReady(lease *pool.Lease) (cancelled bool) {
 	ss.gateMu.Lock()
 	defer ss.gateMu.Unlock()
-	if ss.waitCancel != nil {
-		ss.waitCancel()
-		ss.waitCancel = nil
-	}
+	// The wait is over; its context stays for the next one unless a
+	// cancel ended it.
+	ss.waitCancel = nil
 	cancelled, ss.cancelReq = ss.cancelReq, false
 	if !cancelled && lease != nil {
 		ss.lease.Store(lease)

@@ -7,5 +7,5 @@ import "net"
 // unreadInput cannot look into the socket here.
 func unreadInput(net.Conn) bool { return false }
 
-// waitReadable cannot wait without reading here.
-func waitReadable(*session) bool { return false }
+// readFirst leaves the read to the caller here.
+func readFirst(*session, []byte) (int, error, bool) { return 0, nil, false }

@@ -4,8 +4,11 @@ package wire
 
 import (
 	"crypto/tls"
+	"io"
 	"net"
+	"os"
 	"syscall"
+	"unsafe"
 )
 
 // unreadInput reports whether the client has sent bytes that the session
@@ -30,32 +33,61 @@ func unreadInput(c net.Conn) bool {
 	return n > 0
 }
 
-// waitReadable blocks until the client's socket has bytes to read (or is
-// closed, or its read deadline passes) without reading them, so the
-// caller can note that a request is arriving before it consumes it: a
-// cancel handled in between then still finds the request (see
-// cancelwait.go). False when c is not a plain TCP connection (TLS keeps
-// its own buffer).
-func waitReadable(ss *session) bool {
+// readFirst reads the client's next request into buf once it arrives,
+// and notes its arrival (requestRead) in the same step under gateMu: a
+// cancel handled at any moment then either finds the bytes still in the
+// socket or the note, never neither (see cancelwait.go). A read that finds
+// nothing waits in the poller as usual. ok is false when conn is not a
+// plain TCP connection (TLS keeps its own buffer): the caller reads it
+// itself then.
+func readFirst(ss *session, buf []byte) (n int, err error, ok bool) {
 	if ss.rawConn == nil {
-		sc, ok := ss.conn.(syscall.Conn)
-		if !ok {
-			return false
+		sc, isRaw := ss.conn.(syscall.Conn)
+		if !isRaw {
+			return 0, nil, false
 		}
-		raw, err := sc.SyscallConn()
-		if err != nil {
-			return false
+		raw, rerr := sc.SyscallConn()
+		if rerr != nil {
+			return 0, nil, false
 		}
 		ss.rawConn = raw
+		ss.firstReadFn = ss.firstRead
 	}
-	_ = ss.rawConn.Read(peekReady)
-	return true
+	ss.firstBuf, ss.firstN, ss.firstErrno = buf, 0, 0
+	err = ss.rawConn.Read(ss.firstReadFn)
+	n, errno := ss.firstN, ss.firstErrno
+	ss.firstBuf = nil
+	switch {
+	case err != nil:
+		return 0, err, true
+	case errno != 0:
+		return 0, os.NewSyscallError("read", errno), true
+	case n == 0:
+		return 0, io.EOF, true
+	}
+	return n, nil, true
 }
 
-// peekReady is a RawConn.Read callback that reads nothing: it reports
-// done once a byte is there (or the socket has an error or EOF).
-func peekReady(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN
+// firstRead is readFirst's RawConn.Read callback.
+func (ss *session) firstRead(fd uintptr) bool {
+	ss.gateMu.Lock()
+	defer ss.gateMu.Unlock()
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&ss.firstBuf[0])), uintptr(len(ss.firstBuf)))
+		switch e {
+		case 0:
+			ss.firstN = int(n)
+			if n > 0 {
+				ss.reqRead = true // before anyone can look at the socket again
+			}
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			ss.firstErrno = e
+			return true
+		}
+	}
 }

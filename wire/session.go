@@ -66,12 +66,21 @@ type session struct {
 	txBusy     bool // transaction mode: a backend is attached or being attached (gateMu)
 
 	// A request waiting for a backend (see cancelwait.go), under gateMu.
-	waitCancel  context.CancelFunc // ends the wait; nil when not waiting
-	cancelReq   bool               // a CancelRequest came during the wait
-	forwarded   bool               // a request was forwarded to a backend once
-	earlyCancel time.Time          // a CancelRequest that may have overtaken its request
-	reqRead     bool               // a request was read and has no backend yet
-	rawConn     syscall.RawConn    // conn's, for waitReadable (client goroutine only)
+	waitCancel context.CancelFunc // ends the wait; nil when not waiting
+	// The context of the waits, reused until a cancel ends it.
+	waitCtx       context.Context
+	waitCtxCancel context.CancelFunc
+	cancelReq     bool      // a CancelRequest came during the wait
+	forwarded     bool      // a request was forwarded to a backend once
+	earlyCancel   time.Time // a CancelRequest that may have overtaken its request
+	reqRead       bool      // a request was read and has no backend yet
+	// readFirst's (client goroutine only): conn's RawConn, its callback
+	// bound once, and the read it makes.
+	rawConn     syscall.RawConn
+	firstReadFn func(fd uintptr) bool
+	firstBuf    []byte
+	firstN      int
+	firstErrno  syscall.Errno
 
 	overLimit bool        // beyond GATEKEEPER_MAX_CLIENT_CONN: refused after start-up
 	uncounted atomic.Bool // out of Server.clients (uncount)
@@ -206,13 +215,14 @@ func (ss *session) run() {
 // and that one are all its stack holds (start-up grew the first
 // goroutine's stack with TLS, SCRAM and logging).
 func (ss *session) afterStartup(pl *pool.Pool, settings []startupSetting) {
-	first, err := ss.awaitFirst()
+	first, err := ss.awaitFirst(make([]byte, 64))
 	ss.finish(pl, settings, first, err)
 }
 
 // finish serves the session once the client has spoken, and cleans up.
 func (ss *session) finish(pl *pool.Pool, settings []startupSetting, first []byte, readErr error) {
 	defer ss.srv.sessions.Done()
+	defer ss.endWaits()
 	defer ss.srv.forget(ss)
 	defer ss.conn.Close()
 	defer pl.Leave()
@@ -245,19 +255,18 @@ func (ss *session) refuse(err error) {
 	ss.send(resp)
 }
 
-// awaitFirst waits for the client's first bytes, with the least stack: a
-// connected client that says nothing holds no backend.
+// awaitFirst waits for the client's first bytes, read into buf, with the
+// least stack: a connected client that says nothing holds no backend.
 //
 //go:noinline
-func (ss *session) awaitFirst() ([]byte, error) {
-	buf := make([]byte, 64)
+func (ss *session) awaitFirst(buf []byte) ([]byte, error) {
 	ss.armIdle()
-	if waitReadable(ss) {
-		ss.requestRead() // before the bytes leave the socket
-	}
-	n, err := ss.conn.Read(buf)
-	if n > 0 {
-		ss.requestRead()
+	n, err, ok := readFirst(ss, buf)
+	if !ok {
+		n, err = ss.conn.Read(buf)
+		if n > 0 {
+			ss.requestRead()
+		}
 	}
 	return buf[:n], err
 }
@@ -292,7 +301,7 @@ func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte
 		}
 		if len(rest) == 0 {
 			var err error
-			if rest, err = ss.awaitFirst(); len(rest) == 0 {
+			if rest, err = ss.awaitFirst(make([]byte, 64)); len(rest) == 0 {
 				return ss.firstReadFailed(err)
 			}
 		}

@@ -102,24 +102,49 @@ func (tx *txSession) startPump() {
 // is noticed (and its query cancelled) at most this late.
 const inlineWait = 10 * time.Millisecond
 
-// answerInline waits, on the client's goroutine, for the answers to the
-// requests just sent when they all end in a Sync, Query or FunctionCall:
-// the client is then waiting too, and a second goroutine would only add
-// a hand-off per transaction. It stops when the transaction ends (the
-// backend goes back to the pool), when everything is answered inside a
-// transaction, when the server waits for COPY data, or after inlineWait;
-// it returns the reason the session must end, or "".
-func (tx *txSession) answerInline() reasons.Reason {
+// answerInline sends out, the requests gathered for the attached backend,
+// and waits on the client's goroutine for their answers when they all end
+// in a Sync, Query or FunctionCall: the client is then waiting too, and a
+// second goroutine would only add a hand-off per transaction. It stops
+// when the transaction ends (the backend goes back to the pool), when
+// everything is answered inside a transaction, when the server waits for
+// COPY data, or after inlineWait; it returns the reason the session must
+// end, or "".
+func (tx *txSession) answerInline(out *[]byte) reasons.Reason {
 	tx.mu.Lock()
 	att := tx.att
 	wait := att != nil && !att.pumping && att.lastSettled && att.sent > att.answered
 	tx.mu.Unlock()
+	var exchange writeThenReader
+	if wait {
+		exchange, _ = att.conn.(writeThenReader)
+	}
+	if len(*out) == 0 || exchange == nil {
+		if err := tx.flush(out); err != nil {
+			return reasonForWrite(err)
+		}
+		exchange = nil
+	}
 	if !wait {
 		return ""
 	}
 	_ = att.conn.SetReadDeadline(time.Now().Add(inlineWait))
 	for {
-		n, rerr := att.conn.Read(*att.rbuf)
+		var n int
+		var rerr error
+		if exchange != nil {
+			// The first answer is read without an empty read before it.
+			var werr error
+			n, werr, rerr = exchange.WriteThenRead(*out, *att.rbuf)
+			tx.ss.rc.bytesIn.Add(int64(len(*out)))
+			*out, exchange = (*out)[:0], nil
+			if werr != nil {
+				_ = att.conn.SetReadDeadline(time.Time{})
+				return reasonForWrite(&backendWriteError{werr})
+			}
+		} else {
+			n, rerr = att.conn.Read(*att.rbuf)
+		}
 		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
 		if detach {
 			_ = att.conn.SetReadDeadline(time.Time{})
@@ -160,6 +185,12 @@ func (tx *txSession) answerInline() reasons.Reason {
 	}
 	_ = att.conn.SetReadDeadline(time.Time{})
 	return ""
+}
+
+// writeThenReader is a backend connection that can send a request and
+// read its answer without an empty read in between (sockio.Conn).
+type writeThenReader interface {
+	WriteThenRead(req, resp []byte) (n int, werr, rerr error)
 }
 
 // endAttachment returns a detached backend to the pool: as it is, unless

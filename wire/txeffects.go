@@ -125,17 +125,16 @@ func isTempSchema(st sqlStatement, i int) bool {
 	if st.isName(i, "pg_temp") {
 		return true
 	}
-	t := st.tokens[i]
-	var name string
-	switch t.kind {
+	switch st.tokens[i].kind {
 	case tokWord:
-		name = lowerASCII(st.raw(i))
+		// Every word of every statement comes here: compared in place,
+		// as lowering it would allocate.
+		raw := st.raw(i)
+		return len(raw) >= len("pg_temp_") && strings.EqualFold(raw[:len("pg_temp_")], "pg_temp_")
 	case tokIdent:
-		name = st.contents(i)
-	default:
-		return false
+		return strings.HasPrefix(st.contents(i), "pg_temp_")
 	}
-	return strings.HasPrefix(name, "pg_temp_")
+	return false
 }
 
 // createsTemp reports whether the CREATE at token i makes a temporary

@@ -178,6 +178,10 @@ type txSession struct {
 	// skipping: the client side drops the rest of a batch that was
 	// cancelled while it waited for a backend (cancelwait.go).
 	skipping bool
+	// The client side's buffers for the wait between transactions and
+	// for small requests: kept here rather than made per transaction.
+	firstBuf [64]byte
+	small    [128]byte
 }
 
 // bytesView reads b as a string without copying it. The string must not
@@ -220,7 +224,7 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, fi
 		if reason = tx.serve(first); reason != "" {
 			break
 		}
-		first, firstErr = ss.awaitFirst()
+		first, firstErr = ss.awaitFirst(tx.firstBuf[:])
 	}
 	tx.mu.Lock()
 	att := tx.att
@@ -241,15 +245,18 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, fi
 // more to read ("").
 func (tx *txSession) serve(first []byte) reasons.Reason {
 	ss := tx.ss
-	var small [128]byte
-	buf := small[:]
+	buf := tx.small[:]
 	pooled := (*[]byte)(nil)
+	// What goes to the backend is gathered in a pooled buffer: per
+	// transaction, a new one would grow from nothing.
+	outp := relayBufs.Get().(*[]byte)
 	defer func() {
+		relayBufs.Put(outp)
 		if pooled != nil {
 			relayBufs.Put(pooled)
 		}
 	}()
-	var out []byte
+	out := (*outp)[:0]
 	r, w := 0, copy(buf, first)
 	for {
 		// Process every complete message buffered.
@@ -294,21 +301,25 @@ func (tx *txSession) serve(first []byte) reasons.Reason {
 				}
 			}
 		}
-		if err := tx.flush(&out); err != nil {
-			return reasonForWrite(err)
-		}
 		// Make room for the rest of the next message.
 		if r == w {
-			if reason := tx.answerInline(); reason != "" {
+			// Everything the client sent is handled: send it and, when
+			// the client now waits for the answers, read them here.
+			if reason := tx.answerInline(&out); reason != "" {
 				return reason
 			}
 			r, w = 0, 0
 			if tx.detachedNow() {
 				return "" // between transactions: wait with a small stack
 			}
-		} else if r > 0 {
-			w = copy(buf, buf[r:w])
-			r = 0
+		} else {
+			if err := tx.flush(&out); err != nil {
+				return reasonForWrite(err)
+			}
+			if r > 0 {
+				w = copy(buf, buf[r:w])
+				r = 0
+			}
 		}
 		if need := neededLen(buf[:w]); need > len(buf) {
 			if limit := ss.srv.cfg.MaxMessageSize; need > maxClientMessage || (limit > 0 && need-5 > limit) {

@@ -29,6 +29,10 @@ type Conn struct {
 	wn      int
 	werr    syscall.Errno
 	writeFn func(fd uintptr) bool
+
+	// WriteThenRead's state: true while its request is being written.
+	exWriting  bool
+	exchangeFn func(fd uintptr) bool
 }
 
 // Wrap returns conn with raw reads and writes when it is a TCP connection
@@ -45,6 +49,7 @@ func Wrap(conn net.Conn) net.Conn {
 	c := &Conn{TCPConn: tcp, raw: raw}
 	c.readFn = c.readOnce
 	c.writeFn = c.writeAll
+	c.exchangeFn = c.exchange
 	return c
 }
 
@@ -129,6 +134,81 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return n, c.opError("write", os.NewSyscallError("write", errno))
 	}
 	return n, nil
+}
+
+// WriteThenRead writes all of req and then reads the answer into resp,
+// without first trying a read that can only find nothing.
+//
+// A plain Write then Read costs one more system call per round trip: the
+// poller learns whether data is there only by trying, so the read made
+// right after the request fails with EAGAIN before the goroutine parks.
+// Here the read side of the poller is armed before the request is written
+// (raw.Read resets its readiness, then calls exchange, which writes and
+// reports "not ready"), so the answer's arrival, necessarily later, wakes
+// the goroutine and the first read finds it. Bytes that were already
+// waiting unread are read with the answer, not before it: callers use this
+// only when a request is sure to be answered, under a read deadline.
+//
+// werr is the write's error (nothing was read then), rerr the read's; both
+// are shaped like Write's and Read's.
+func (c *Conn) WriteThenRead(req, resp []byte) (n int, werr, rerr error) {
+	if len(req) == 0 {
+		n, rerr = c.Read(resp)
+		return n, nil, rerr
+	}
+	if len(resp) == 0 {
+		_, werr = c.Write(req)
+		return 0, werr, nil
+	}
+	c.wmu.Lock()
+	c.rmu.Lock()
+	c.wbuf, c.wn, c.werr = req, 0, 0
+	c.rbuf, c.rn, c.rerr = resp, 0, 0
+	c.exWriting = true
+	err := c.raw.Read(c.exchangeFn)
+	writing, wn, wErrno := c.exWriting, c.wn, c.werr
+	n, rErrno := c.rn, c.rerr
+	c.rbuf = nil
+	c.rmu.Unlock()
+	switch {
+	case wErrno != 0:
+		c.wbuf = nil
+		c.wmu.Unlock()
+		return 0, c.opError("write", os.NewSyscallError("write", wErrno)), nil
+	case writing:
+		// The request is not all out: the send buffer filled up, or the
+		// poller refused the wait (deadline passed, socket closed) before
+		// anything was sent. Finish as a plain Write and Read would.
+		c.wbuf = nil
+		c.wmu.Unlock()
+		if _, werr = c.Write(req[wn:]); werr != nil {
+			return 0, werr, nil
+		}
+		n, rerr = c.Read(resp)
+		return n, nil, rerr
+	}
+	c.wbuf = nil
+	c.wmu.Unlock()
+	switch {
+	case err != nil:
+		return 0, nil, c.opError("read", err)
+	case rErrno != 0:
+		return 0, nil, c.opError("read", os.NewSyscallError("read", rErrno))
+	case n == 0:
+		return 0, nil, io.EOF
+	}
+	return n, nil, nil
+}
+
+func (c *Conn) exchange(fd uintptr) bool {
+	if !c.exWriting {
+		return c.readOnce(fd)
+	}
+	if !c.writeAll(fd) || c.werr != 0 {
+		return true // send buffer full, or failed: the caller takes over
+	}
+	c.exWriting = false
+	return false // written: wait for the answer's arrival
 }
 
 // opError shapes err as the standard library would for this call. The
