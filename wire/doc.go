@@ -15,11 +15,13 @@
 //
 // Transaction mode is in the tx*.go files: txmode.go is the client loop
 // (reading client messages, attaching a backend on the first one),
-// txbackend.go the backend side (attach, reading answers, release),
-// txstatements.go the statements kept on backends, txsettings.go the
-// settings carried between backends, txeffects.go and sqlscan.go what a
-// client's SQL does to its session (carried, or pinning it to its
-// backend), txproto.go the message surgery. Its invariant: a client
+// txrewrite.go what each client message becomes on the backend,
+// txattach.go taking a backend and giving it back, txbackend.go the
+// backend side (reading answers, acting on replies), txstatements.go the
+// statements kept on backends, txsettings.go the settings carried between
+// backends, txeffects.go and sqlscan.go what a client's SQL does to its
+// session (carried, or pinning it to its backend), txproto.go the message
+// surgery. Its invariant: a client
 // observes its own session, never another's.
 //
 // Concurrency: a session's client socket is written by its backend side

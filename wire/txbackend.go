@@ -1,82 +1,18 @@
 package wire
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"time"
 
 	"github.com/querycop/querycop/internal/reasons"
-
-	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/querycop/querycop/pool"
 )
 
-// Transaction mode, the backend side of an attachment: taking a backend
-// for a transaction (attach), reading its answers (inline on the client's
-// goroutine, or on a pump goroutine of its own), acting on the replies the
-// gateway tracks (consume, onReply), and giving the backend back when the
-// transaction ends or the client leaves (endAttachment, finish).
-
-// attach takes a backend from the pool for the client's next transaction
-// and brings its settings in line with the client's.
-func (tx *txSession) attach() (*attachment, error) {
-	ss := tx.ss
-	if !ss.beginTx() {
-		return nil, errShuttingDown
-	}
-	start := time.Now()
-	lease, err := tx.pl.Acquire(ss.waitForBackend())
-	if err != nil {
-		if ss.backendReady(nil) {
-			return nil, errCancelled
-		}
-		return nil, err
-	}
-	ss.rc.waitNanos.Add(int64(time.Since(start)))
-	conn := lease.Conn()
-	state := stateOf(conn)
-	if state.settingsFP != tx.fp || state.settings == nil {
-		for i, q := range settingsDiff(state.settings, tx.settings) {
-			ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
-			_, err := conn.Exec(ctx, q)
-			cancel()
-			if err != nil {
-				if i > 0 {
-					// The first query took effect: what the backend holds
-					// is no longer known.
-					state.settings, state.settingsFP = nil, unknownSettings
-				}
-				var pgErr *pgconn.PgError
-				if errors.As(err, &pgErr) {
-					lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
-					return nil, &settingsError{pgErr}
-				}
-				lease.Release(pool.ReleaseState{Broken: true})
-				return nil, err
-			}
-		}
-		state.settings = cloneMap(tx.settings)
-		state.settingsFP = tx.fp
-	}
-	if ss.backendReady(lease) {
-		lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
-		return nil, errCancelled
-	}
-	att := &attachment{lease: lease, conn: conn.NetConn(), state: state, since: time.Now(),
-		txStatus: 'I', lastSettled: true,
-		rbuf: relayBufs.Get().(*[]byte), obuf: relayBufs.Get().(*[]byte)}
-	att.hold = att.holdArr[:0]
-	tx.mu.Lock()
-	tx.att = att
-	tx.mu.Unlock()
-	ss.lease.Store(lease)
-	ss.rc.transactions.Add(1)
-	return att, nil
-}
+// Transaction mode, the backend side of an attachment: reading its answers
+// (inline on the client's goroutine, or on a pump goroutine of its own) and
+// acting on the replies the gateway tracks (consume, onReply). Taking and
+// giving back the backend is in txattach.go.
 
 // startPump gives the attachment's backend side a goroutine of its own,
 // before the client side blocks reading the client: from then on the
@@ -191,50 +127,6 @@ func (tx *txSession) answerInline(out *[]byte) reasons.Reason {
 // read its answer without an empty read in between (sockio.Conn).
 type writeThenReader interface {
 	WriteThenRead(req, resp []byte) (n int, werr, rerr error)
-}
-
-// endAttachment returns a detached backend to the pool: as it is, unless
-// the server said something after the transaction's last answer, which
-// leaves it in an unknown state.
-func (tx *txSession) endAttachment(att *attachment, leftover bool) {
-	if leftover {
-		att.lease.Release(pool.ReleaseState{Broken: true})
-	} else {
-		tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
-		tx.mu.Lock()
-		st := tx.sessionReset(att, pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
-		tx.mu.Unlock()
-		att.lease.Release(st)
-	}
-	relayBufs.Put(att.rbuf)
-	relayBufs.Put(att.obuf)
-	tx.ss.endTx()
-}
-
-// settingsError is a client setting the server refused when it was applied
-// on a borrowed backend.
-type settingsError struct{ err *pgconn.PgError }
-
-func (e *settingsError) Error() string { return e.err.Message }
-
-// failAttach tells the client why it got no backend.
-func (tx *txSession) failAttach(err error) reasons.Reason {
-	var se *settingsError
-	if errors.As(err, &se) {
-		resp := fromPgError(se.err)
-		resp.Severity, resp.SeverityUnlocalized = "FATAL", "FATAL"
-		tx.ss.send(resp)
-		return reasons.BadStartup
-	}
-	var bw *backendWriteError
-	if errors.As(err, &bw) {
-		return reasons.BackendGone
-	}
-	if errors.Is(err, errShuttingDown) {
-		return reasons.Shutdown // the client gets 57P01 from shutdown
-	}
-	tx.ss.refuse(err)
-	return reasonOf(err)
 }
 
 // canDetachLocked reports whether the backend can go back to the pool: the
@@ -571,56 +463,4 @@ func (tx *txSession) onParameterStatus(att *attachment, body []byte) {
 		}
 	}
 	tx.pinLocked(pinReportedSetting)
-}
-
-// finish ends the attachment of a client that is leaving.
-func (tx *txSession) finish(att *attachment, reason reasons.Reason) {
-	tx.mu.Lock()
-	pumping := att.pumping
-	tx.mu.Unlock()
-	err := att.endErr
-	if pumping {
-		_ = att.conn.SetReadDeadline(time.Now())
-		err = <-att.done
-	}
-	_ = att.conn.SetReadDeadline(time.Time{})
-	_ = att.conn.SetWriteDeadline(time.Time{})
-	tx.ss.lease.Store(nil)
-	if att.detached {
-		return // released by the backend side
-	}
-	defer func() {
-		relayBufs.Put(att.rbuf)
-		relayBufs.Put(att.obuf)
-	}()
-	var cw *clientWriteError
-	var ne net.Error
-	backendFailed := err != nil && !errors.As(err, &cw) && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, io.EOF)
-	tx.mu.Lock()
-	st := pool.ReleaseState{
-		TxStatus:  att.txStatus,
-		Busy:      att.sent > att.answered,
-		Clean:     att.sent == att.answered && att.lastSettled && reason != reasons.ProtocolViolation && reason != reasons.Shutdown,
-		Broken:    backendFailed || errors.Is(err, io.EOF) || reason == reasons.BackendGone,
-		KeepState: true,
-	}
-	st = tx.sessionReset(att, st)
-	tx.mu.Unlock()
-	tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
-	att.lease.Release(st)
-}
-
-// sessionReset adds to st what a backend needs before another client may
-// have it: after a pinned client (or a notification meant for someone
-// else), DISCARD ALL and a fresh record of its state; after LOAD, a new
-// connection. Called with tx.mu held, or by the side that owns att.
-func (tx *txSession) sessionReset(att *attachment, st pool.ReleaseState) pool.ReleaseState {
-	if tx.pinned == "" && !att.tainted {
-		return st
-	}
-	st.KeepState = false
-	st.ResetQuery = "DISCARD ALL"
-	st.Discard = tx.pinned == pinLoad
-	att.lease.Conn().Attachment = nil
-	return st
 }
