@@ -1,15 +1,18 @@
 // Command benchreport turns the raw results that scripts/bench collects into
 // Markdown tables: median TPS and latency per workload and target, the
-// Querycop/PgBouncer and Querycop/direct ratios, pooler CPU per 10,000
-// transactions, and memory per idle client.
+// Querycop/PgBouncer and Querycop/direct ratios (also for the pair that
+// talks TLS to the server), pooler CPU per 10,000 transactions, memory per
+// idle client and, when Querycop ran with fixed GOMAXPROCS values, a scaling
+// table with the pooler's CPU use in percent of one core.
 //
 //	benchreport -results results.tsv -idle idle.tsv -clk-tck 100
 //
 // results.tsv, one line per pgbench run, tab-separated:
 //
-//	rep workload target tps latency_ms transactions cpu_ticks status
+//	rep workload target tps latency_ms transactions cpu_ticks status load [elapsed_s]
 //
-// (cpu_ticks "-" when not measured, status "ok" or a failure description).
+// (cpu_ticks "-" when not measured, status "ok" or a failure description,
+// elapsed_s the wall time of the pgbench run, needed only for CPU percent).
 // idle.tsv, one line per pooler:
 //
 //	target clients opened errors rss_before_kib rss_during_kib
@@ -32,6 +35,27 @@ var targetOrder = []struct{ id, name string }{
 	{"qc-session", "Querycop session"},
 	{"pgb-tx", "PgBouncer tx"},
 	{"qc-tx", "Querycop tx"},
+	{"pgb-session-tls", "PgBouncer session TLS"},
+	{"qc-session-tls", "Querycop session TLS"},
+	{"pgb-tx-tls", "PgBouncer tx TLS"},
+	{"qc-tx-tls", "Querycop tx TLS"},
+}
+
+// Ratio columns, Querycop over the other target, each shown when both of its
+// targets ran. The pairs without direct are also the CPU table's ratios.
+var ratioCols = []struct{ num, den, name string }{
+	{"qc-session", "pgb-session", "QC/PgB session"},
+	{"qc-session", "direct", "QC session/direct"},
+	{"qc-tx", "pgb-tx", "QC/PgB tx"},
+	{"qc-session-tls", "pgb-session-tls", "QC/PgB session TLS"},
+	{"qc-tx-tls", "pgb-tx-tls", "QC/PgB tx TLS"},
+}
+
+// procsTarget reports N for "qc-session-pN": a Querycop in session mode run
+// with GOMAXPROCS=N (the scaling targets).
+func procsTarget(id string) (int, bool) {
+	n, err := strconv.Atoi(strings.TrimPrefix(id, "qc-session-p"))
+	return n, err == nil && n > 0 && strings.HasPrefix(id, "qc-session-p")
 }
 
 func targetName(id string) string {
@@ -39,6 +63,9 @@ func targetName(id string) string {
 		if t.id == id {
 			return t.name
 		}
+	}
+	if n, ok := procsTarget(id); ok {
+		return fmt.Sprintf("Querycop session GOMAXPROCS=%d", n)
 	}
 	return id
 }
@@ -49,6 +76,7 @@ type run struct {
 	tx             float64
 	cpuTicks       float64
 	hasCPU, parsed bool
+	elapsed        float64 // wall seconds of the run; 0 when not recorded
 	status         string
 }
 
@@ -81,14 +109,28 @@ func main() {
 		if t, err := strconv.ParseFloat(f[6], 64); err == nil {
 			r.cpuTicks, r.hasCPU = t, true
 		}
+		if len(f) >= 10 {
+			r.elapsed, _ = strconv.ParseFloat(f[9], 64)
+		}
 		runs[k] = append(runs[k], r)
 	}
-	var targets []string
+	var targets, procsTargets []string
 	for _, t := range targetOrder {
 		if present[t.id] {
 			targets = append(targets, t.id)
 		}
 	}
+	for t := range present {
+		if _, ok := procsTarget(t); ok {
+			procsTargets = append(procsTargets, t)
+		}
+	}
+	slices.SortFunc(procsTargets, func(a, b string) int {
+		na, _ := procsTarget(a)
+		nb, _ := procsTarget(b)
+		return na - nb
+	})
+	targets = append(targets, procsTargets...)
 
 	median := func(k key, val func(run) (float64, bool)) (float64, bool) {
 		var xs []float64
@@ -150,14 +192,10 @@ func main() {
 	for _, t := range targets {
 		hdr = append(hdr, targetName(t))
 	}
-	if has("qc-session") && has("pgb-session") {
-		hdr = append(hdr, "QC/PgB session")
-	}
-	if has("qc-session") && has("direct") {
-		hdr = append(hdr, "QC session/direct")
-	}
-	if has("qc-tx") && has("pgb-tx") {
-		hdr = append(hdr, "QC/PgB tx")
+	for _, c := range ratioCols {
+		if has(c.num) && has(c.den) {
+			hdr = append(hdr, c.name)
+		}
 	}
 	hdr = append(hdr, "spread")
 	printRow(hdr)
@@ -178,14 +216,10 @@ func main() {
 				spread = max(spread, (hi-lo)/m)
 			}
 		}
-		if has("qc-session") && has("pgb-session") {
-			row = append(row, ratio(w, "qc-session", "pgb-session", tpsOf))
-		}
-		if has("qc-session") && has("direct") {
-			row = append(row, ratio(w, "qc-session", "direct", tpsOf))
-		}
-		if has("qc-tx") && has("pgb-tx") {
-			row = append(row, ratio(w, "qc-tx", "pgb-tx", tpsOf))
+		for _, c := range ratioCols {
+			if has(c.num) && has(c.den) {
+				row = append(row, ratio(w, c.num, c.den, tpsOf))
+			}
 		}
 		row = append(row, fmt.Sprintf("%.0f%%", spread*100))
 		printRow(row)
@@ -226,11 +260,10 @@ func main() {
 		for _, t := range poolers {
 			hdr = append(hdr, targetName(t))
 		}
-		if has("qc-session") && has("pgb-session") {
-			hdr = append(hdr, "QC/PgB session")
-		}
-		if has("qc-tx") && has("pgb-tx") {
-			hdr = append(hdr, "QC/PgB tx")
+		for _, c := range ratioCols {
+			if c.den != "direct" && has(c.num) && has(c.den) {
+				hdr = append(hdr, c.name)
+			}
 		}
 		printRow(hdr)
 		printSep(len(hdr))
@@ -239,14 +272,49 @@ func main() {
 			for _, t := range poolers {
 				row = append(row, cell(key{w, t}, cpuOf, "%.3f"))
 			}
-			if has("qc-session") && has("pgb-session") {
-				row = append(row, ratio(w, "qc-session", "pgb-session", cpuOf))
-			}
-			if has("qc-tx") && has("pgb-tx") {
-				row = append(row, ratio(w, "qc-tx", "pgb-tx", cpuOf))
+			for _, c := range ratioCols {
+				if c.den != "direct" && has(c.num) && has(c.den) {
+					row = append(row, ratio(w, c.num, c.den, cpuOf))
+				}
 			}
 			printRow(row)
 		}
+		fmt.Println()
+	}
+
+	// Scaling: one row per pooler for each workload that ran on a Querycop
+	// with a fixed GOMAXPROCS, so TPS and CPU use sit side by side.
+	if len(procsTargets) > 0 {
+		pctOf := func(r run) (float64, bool) {
+			if !r.parsed || !r.hasCPU || r.elapsed <= 0 {
+				return 0, false
+			}
+			return r.cpuTicks / *clkTck / r.elapsed * 100, true
+		}
+		fmt.Println("### Scaling (Querycop with fixed GOMAXPROCS against PgBouncer's single process)")
+		fmt.Println()
+		hdr = []string{"workload", "pooler", "TPS", "× PgBouncer session TPS", "pooler CPU % of one core", "CPU s per 10k tx", "× PgBouncer session CPU per tx"}
+		printRow(hdr)
+		fmt.Println("|---|---|" + strings.Repeat("---:|", len(hdr)-2))
+		for _, w := range workloads {
+			ran := false
+			for _, t := range procsTargets {
+				ran = ran || len(runs[key{w, t}]) > 0
+			}
+			if !ran {
+				continue
+			}
+			for _, t := range poolers {
+				k := key{w, t}
+				if len(runs[k]) == 0 {
+					continue
+				}
+				printRow([]string{w, targetName(t), cell(k, tpsOf, "%.0f"), ratio(w, t, "pgb-session", tpsOf),
+					cell(k, pctOf, "%.0f"), cell(k, cpuOf, "%.3f"), ratio(w, t, "pgb-session", cpuOf)})
+			}
+		}
+		fmt.Println()
+		fmt.Println("CPU % = pooler CPU seconds (user+system, all threads) / wall seconds of the pgbench run × 100, median; 100 is one core busy.")
 		fmt.Println()
 	}
 
