@@ -1,15 +1,14 @@
 package wire
 
 import (
-	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 
-	"github.com/querycop/querycop/internal/reasons"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/internal/reasons"
 )
 
 // clientCredential is what a client proved, in the form the backend login
@@ -117,54 +116,6 @@ func (s *Server) verifierRefused(user string, err error) {
 	}
 }
 
-// servedCertKey carries, in the TLS handshake's context, where to record
-// the certificate served to that client: tls-server-end-point channel
-// binding is the hash of exactly that certificate, and a reload of the
-// files may change the current one at any moment.
-type servedCertKey struct{}
-
-// recordServed wraps a GetCertificate function to record its answer for
-// the handshake being served.
-func recordServed(get func(*tls.ClientHelloInfo) (*tls.Certificate, error)) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-		cert, err := get(hello)
-		if p, ok := hello.Context().Value(servedCertKey{}).(**tls.Certificate); ok && err == nil {
-			*p = cert
-		}
-		return cert, err
-	}
-}
-
-// tlsHandshake completes the client's TLS handshake, keeping the
-// certificate served for channel binding.
-func (ss *session) tlsHandshake(tc *tls.Conn) error {
-	var served *tls.Certificate
-	err := tc.HandshakeContext(context.WithValue(context.Background(), servedCertKey{}, &served))
-	ss.tlsCert = served
-	return err
-}
-
-// channelBindingData is the tls-server-end-point data of this client's TLS
-// connection, or nil when there is none to offer SCRAM-SHA-256-PLUS with
-// (no TLS, or a certificate whose signature has no defined hash).
-func (ss *session) channelBindingData() []byte {
-	if !ss.tls || ss.tlsCert == nil || len(ss.tlsCert.Certificate) == 0 {
-		return nil
-	}
-	leaf := ss.tlsCert.Leaf
-	if leaf == nil {
-		var err error
-		if leaf, err = x509.ParseCertificate(ss.tlsCert.Certificate[0]); err != nil {
-			return nil
-		}
-	}
-	h, err := backend.TLSServerEndPoint(leaf)
-	if err != nil {
-		return nil
-	}
-	return h
-}
-
 // setUpAuthQuery prepares GATEKEEPER_AUTH_QUERY when GATEKEEPER_AUTH_USER
 // is set.
 func (s *Server) setUpAuthQuery() error {
@@ -201,4 +152,44 @@ func (s *Server) closeAuthQuery() {
 	if s.authQuery != nil {
 		s.authQuery.close()
 	}
+}
+
+// maxPasswordLen bounds the password message, as PostgreSQL's
+// PG_MAX_AUTH_TOKEN_LENGTH does.
+const maxPasswordLen = 65535
+
+// authenticate checks the client. Against a verifier the gateway holds
+// (GATEKEEPER_CLIENT_AUTH_FILE, GATEKEEPER_AUTH_QUERY) it runs SCRAM or MD5
+// itself: see authenticateKnown. Otherwise, in pass-through mode, it asks
+// for the password, which is the backend credential; in token mode it asks
+// for nothing: a password would protect nothing (it would be dropped), and
+// libpq refuses to send an empty one, so asking only made users invent one.
+func (ss *session) authenticate(user string) (clientCredential, error) {
+	if cred, handled, err := ss.authenticateKnown(user); handled {
+		return cred, err
+	}
+	if ss.srv.tokenMode {
+		return clientCredential{method: methodNone}, nil
+	}
+	buf, _ := (&pgproto3.AuthenticationCleartextPassword{}).Encode(nil)
+	if _, err := ss.conn.Write(buf); err != nil {
+		return clientCredential{}, err
+	}
+	typ, body, err := readMessage(ss.conn, maxPasswordLen)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return clientCredential{}, errClientGone
+		}
+		return clientCredential{}, err
+	}
+	if typ == 'X' {
+		return clientCredential{}, errClientGone
+	}
+	if typ != 'p' {
+		return clientCredential{}, protocolErrorf("expected password response, got message type %d", typ)
+	}
+	if len(body) == 0 || body[len(body)-1] != 0 {
+		return clientCredential{}, protocolErrorf("invalid password packet")
+	}
+	return clientCredential{password: string(body[:len(body)-1]), method: methodCleartext}, nil
 }

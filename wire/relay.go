@@ -3,11 +3,11 @@ package wire
 import (
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/querycop/querycop/internal/reasons"
-
 	"github.com/querycop/querycop/pool"
 )
 
@@ -17,6 +17,11 @@ var errTerminate = errors.New("client sent Terminate")
 // errShuttingDown is a request that arrived after shutdown closed the
 // session; it was not forwarded.
 var errShuttingDown = errors.New("querycop is shutting down")
+
+// relayBufSize is the read size of the relay in each direction.
+const relayBufSize = 32 * 1024
+
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
 // relay copies messages both ways until one side ends, starting with
 // pending, bytes already read from the client. The client side runs on the

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -233,13 +232,6 @@ func (s *Server) Close() error {
 	return s.Shutdown(ctx)
 }
 
-// cancelKey is the BackendKeyData the gateway gave a client. Protocol 3.0
-// keys are 4 bytes; the gateway never issues longer ones.
-type cancelKey struct {
-	pid    uint32
-	secret uint32
-}
-
 func (s *Server) newSession(conn net.Conn) *session {
 	id := s.nextID.Add(1)
 	ss := &session{
@@ -256,24 +248,6 @@ func (s *Server) newSession(conn net.Conn) *session {
 	s.mu.Unlock()
 	ss.overLimit = s.clients.Add(1) > int64(s.cfg.MaxClientConn)
 	return ss
-}
-
-// register gives ss a fresh random cancel key.
-func (s *Server) register(ss *session) cancelKey {
-	var b [8]byte
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for {
-		_, _ = rand.Read(b[:])
-		key := cancelKey{pid: binary.BigEndian.Uint32(b[:4]) &^ (1 << 31), secret: binary.BigEndian.Uint32(b[4:])}
-		if key.pid == 0 {
-			continue
-		}
-		if _, taken := s.byKey[key]; !taken {
-			s.byKey[key] = ss
-			return key
-		}
-	}
 }
 
 // uncount takes ss out of the connected count, once. A refusal calls it
@@ -294,12 +268,6 @@ func (s *Server) forget(ss *session) {
 	if ss.key.pid != 0 {
 		delete(s.byKey, ss.key)
 	}
-}
-
-func (s *Server) lookup(key cancelKey) *session {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.byKey[key]
 }
 
 // Failed logins are limited per source address: after maxLoginFailures in

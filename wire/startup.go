@@ -2,12 +2,20 @@ package wire
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
+	"syscall"
 	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/internal/reasons"
 )
 
 // Start-up packet codes, from PostgreSQL's src/include/libpq/pqcomm.h.
@@ -169,4 +177,102 @@ func truncateName(s string) string {
 		return s[:maxNameLen]
 	}
 	return s
+}
+
+// startup reads start-up packets until a StartupMessage, answering SSL and
+// GSS encryption requests on the way. It returns nil after a CancelRequest.
+func (ss *session) startup() (*startupMessage, error) {
+	// As PostgreSQL's ProcessStartupPacket: one SSLRequest and one
+	// GSSENCRequest at most, and neither inside TLS; a repeat is treated as
+	// the unknown protocol version it then is.
+	sslDone, gssDone := false, false
+	for first := true; ; first = false {
+		pkt, err := readStartupPacket(ss.conn)
+		if err != nil {
+			if first && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+				return nil, errProbe
+			}
+			return nil, err
+		}
+		switch {
+		case pkt.code == codeSSLRequest && !sslDone:
+			if len(pkt.body) != 0 {
+				return nil, protocolErrorf("invalid length of startup packet")
+			}
+			sslDone = true
+			if ss.srv.tls == nil {
+				if _, err := ss.conn.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if _, err := ss.conn.Write([]byte{'S'}); err != nil {
+				return nil, err
+			}
+			tc := tls.Server(ss.conn, ss.srv.tls)
+			if err := ss.tlsHandshake(tc); err != nil {
+				return nil, &tlsHandshakeError{err}
+			}
+			ss.conn = tc
+			shared := net.Conn(tc)
+			ss.connShared.Store(&shared)
+			ss.tls = true
+			gssDone = true
+		case pkt.code == codeGSSENCRequest && !gssDone:
+			if len(pkt.body) != 0 {
+				return nil, protocolErrorf("invalid length of startup packet")
+			}
+			// No GSSAPI encryption; the client goes on in plaintext or TLS.
+			gssDone = true
+			if _, err := ss.conn.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case pkt.code == codeCancelRequest:
+			ss.forwardCancel(pkt.body)
+			return nil, nil
+		case pkt.code>>16 == 3:
+			return parseStartupMessage(pkt.code, pkt.body)
+		default:
+			return nil, &unsupportedProtocolError{major: pkt.code >> 16, minor: pkt.code & 0xffff}
+		}
+	}
+}
+
+type unsupportedProtocolError struct{ major, minor uint32 }
+
+func (e *unsupportedProtocolError) Error() string {
+	return fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", e.major, e.minor)
+}
+
+// admit checks the start-up parameters and answers protocol negotiation.
+func (ss *session) admit(msg *startupMessage) (backend.Params, []startupSetting, error) {
+	// As PostgreSQL does, before the names key anything (pools, logs,
+	// metrics): truncated to NAMEDATALEN-1 bytes.
+	user := truncateName(msg.params["user"])
+	if user == "" {
+		return backend.Params{}, nil, &clientError{fatal(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet"), reasons.BadStartup}
+	}
+	settings, err := clientSettings(msg.params)
+	if err != nil {
+		return backend.Params{}, nil, &clientError{fatal(codeFeatureNotSupported, err.Error()), reasons.BadStartup}
+	}
+	db := truncateName(msg.params["database"])
+	if db == "" {
+		db = user
+	}
+	// PostgreSQL answers a newer minor version, or protocol options it does
+	// not know, with NegotiateProtocolVersion and goes on with 3.0. Despite
+	// the field's documented name it sends the whole version number
+	// (PG_PROTOCOL_LATEST, 196608 for 3.0), and libpq 18 and pgjdbc read it
+	// so.
+	if msg.minor > 0 || len(msg.pqOptions) > 0 {
+		buf, err := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: protocol30, UnrecognizedOptions: msg.pqOptions}).Encode(nil)
+		if err != nil {
+			return backend.Params{}, nil, err
+		}
+		if _, err := ss.conn.Write(buf); err != nil {
+			return backend.Params{}, nil, err
+		}
+	}
+	return backend.Params{User: user, Database: db}, settings, nil
 }
