@@ -22,22 +22,30 @@ func (c *Conn) Alive() bool {
 	if !ok {
 		return true
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
+	// Made once per connection: on every acquire (every transaction in
+	// transaction mode) they would allocate each time.
+	if c.rawConn == nil {
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			return false
+		}
+		c.rawConn, c.peekFn = rc, c.peek
 	}
-	alive := false
-	err = rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		// A raw call: MSG_DONTWAIT never blocks, and a scheduler-visible
-		// system call on every acquire (every transaction in transaction
-		// mode) costs more than the peek (see internal/sockio).
-		_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		// EAGAIN: nothing to read, the healthy case. Anything else (data,
-		// end of stream, an error) means the connection is not usable.
-		alive = errno == syscall.EAGAIN || errno == syscall.EWOULDBLOCK
-		return true
-	})
-	return err == nil && alive
+	c.peekAlive = false
+	err := c.rawConn.Read(c.peekFn)
+	return err == nil && c.peekAlive
+}
+
+// peek is Alive's RawConn.Read callback.
+func (c *Conn) peek(fd uintptr) bool {
+	var b [1]byte
+	// A raw call: MSG_DONTWAIT never blocks, and a scheduler-visible
+	// system call on every acquire costs more than the peek (see
+	// internal/sockio).
+	_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	// EAGAIN: nothing to read, the healthy case. Anything else (data,
+	// end of stream, an error) means the connection is not usable.
+	c.peekAlive = errno == syscall.EAGAIN || errno == syscall.EWOULDBLOCK
+	return true
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -20,6 +21,10 @@ type Conn struct {
 	tls       bool
 	created   time.Time
 	dialer    *Dialer
+	// For Alive, which only the connection's holder calls.
+	rawConn   syscall.RawConn
+	peekFn    func(fd uintptr) bool
+	peekAlive bool
 	// credentialUseUntil is when the token this connection authenticated
 	// with stops being good for new connections; zero in pass-through mode.
 	credentialUseUntil time.Time

@@ -68,6 +68,7 @@ func (tx *txSession) attach() (*attachment, error) {
 		txStatus: 'I', lastSettled: true,
 		rbuf: relayBufs.Get().(*[]byte), obuf: relayBufs.Get().(*[]byte)}
 	att.hold = att.holdArr[:0]
+	att.pending = att.pendingArr[:0]
 	tx.mu.Lock()
 	tx.att = att
 	tx.mu.Unlock()

@@ -96,7 +96,10 @@ type attachment struct {
 	lastSettled bool // the last client message needs nothing more to be answered
 	txStatus    byte
 	pending     []pendingReply
-	errInBatch  bool
+	// pendingArr backs pending for the usual few replies of a
+	// transaction: one allocation with the attachment, not several.
+	pendingArr [4]pendingReply
+	errInBatch bool
 	// pendingSets are tracked SETs sent and not yet answered; txSets those
 	// that ran inside the open transaction block, kept if it commits.
 	pendingSets []*setCommand
@@ -178,10 +181,12 @@ type txSession struct {
 	// skipping: the client side drops the rest of a batch that was
 	// cancelled while it waited for a backend (cancelwait.go).
 	skipping bool
-	// The client side's buffers for the wait between transactions and
-	// for small requests: kept here rather than made per transaction.
-	firstBuf [64]byte
-	small    [128]byte
+	// small receives the client's next request between transactions and
+	// holds small requests: kept here rather than made per transaction,
+	// and large enough for a typical extended-protocol batch (Parse, Bind,
+	// Describe, Execute, Sync), which otherwise arrives split and makes
+	// the backend side start a goroutine while the rest is read.
+	small [256]byte
 }
 
 // bytesView reads b as a string without copying it. The string must not
@@ -224,7 +229,7 @@ func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, fi
 		if reason = tx.serve(first); reason != "" {
 			break
 		}
-		first, firstErr = ss.awaitFirst(tx.firstBuf[:])
+		first, firstErr = ss.awaitFirst(tx.small[:])
 	}
 	tx.mu.Lock()
 	att := tx.att
