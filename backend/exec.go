@@ -2,7 +2,6 @@ package backend
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/querycop/querycop/internal/pgframe"
 )
 
 // maxControlMessage bounds what Exec accepts from the server for its own
@@ -39,20 +40,13 @@ func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) 
 
 func (c *Conn) readUntilReady(n int) (byte, error) {
 	var firstErr error
-	var hdr [5]byte
+	var hdr [pgframe.HeaderLen]byte
 	for {
-		if _, err := io.ReadFull(c.netConn, hdr[:]); err != nil {
-			return 0, fmt.Errorf("reading response: %w", err)
+		typ, body, err := c.readMessage(hdr[:])
+		if err != nil {
+			return 0, err
 		}
-		length := binary.BigEndian.Uint32(hdr[1:])
-		if length < 4 || length-4 > maxControlMessage {
-			return 0, fmt.Errorf("invalid message length %d from server", length)
-		}
-		body := make([]byte, length-4)
-		if _, err := io.ReadFull(c.netConn, body); err != nil {
-			return 0, fmt.Errorf("reading response: %w", err)
-		}
-		switch hdr[0] {
+		switch typ {
 		case 'S':
 			var ps pgproto3.ParameterStatus
 			if err := ps.Decode(body); err == nil {
@@ -73,4 +67,23 @@ func (c *Conn) readUntilReady(n int) (byte, error) {
 			}
 		}
 	}
+}
+
+// readMessage reads one whole message from the server, its header into
+// hdr, for the gateway's own exchanges (Exec, Query): at most
+// maxControlMessage bytes.
+func (c *Conn) readMessage(hdr []byte) (typ byte, body []byte, err error) {
+	size, err := pgframe.ReadHeader(c.netConn, hdr, maxControlMessage)
+	var le *pgframe.LengthError
+	if errors.As(err, &le) {
+		return 0, nil, fmt.Errorf("invalid message length %d from server", le.Length)
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading response: %w", err)
+	}
+	body = make([]byte, size)
+	if _, err := io.ReadFull(c.netConn, body); err != nil {
+		return 0, nil, fmt.Errorf("reading response: %w", err)
+	}
+	return hdr[0], body, nil
 }

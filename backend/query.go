@@ -2,14 +2,14 @@ package backend
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/querycop/querycop/internal/pgframe"
 )
 
 // Query runs sql with text parameters through the extended protocol (so a
@@ -44,20 +44,13 @@ func (c *Conn) Query(ctx context.Context, sql string, args []string, maxRows int
 		return nil, 0, fmt.Errorf("sending query: %w", err)
 	}
 	var firstErr error
-	var hdr [5]byte
+	var hdr [pgframe.HeaderLen]byte
 	for {
-		if _, err := io.ReadFull(c.netConn, hdr[:]); err != nil {
-			return nil, 0, fmt.Errorf("reading response: %w", err)
+		typ, body, err := c.readMessage(hdr[:])
+		if err != nil {
+			return nil, 0, err
 		}
-		length := binary.BigEndian.Uint32(hdr[1:])
-		if length < 4 || length-4 > maxControlMessage {
-			return nil, 0, fmt.Errorf("invalid message length %d from server", length)
-		}
-		body := make([]byte, length-4)
-		if _, err := io.ReadFull(c.netConn, body); err != nil {
-			return nil, 0, fmt.Errorf("reading response: %w", err)
-		}
-		switch hdr[0] {
+		switch typ {
 		case 'D':
 			total++
 			if len(rows) >= maxRows {

@@ -2,15 +2,14 @@ package wire
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"time"
 
-	"github.com/querycop/querycop/internal/reasons"
-
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/querycop/querycop/internal/pgframe"
+	"github.com/querycop/querycop/internal/reasons"
 	"github.com/querycop/querycop/pool"
 )
 
@@ -173,8 +172,8 @@ func (ss *session) skipCancelled(pending []byte) (rest []byte, reason reasons.Re
 	for range 1 << 20 { // bounded; each round reads or consumes something
 		for len(buf) >= 5 {
 			typ := buf[0]
-			length := int(binary.BigEndian.Uint32(buf[1:5]))
-			if length < 4 || length > maxFrameLen || (limit > 0 && length-4 > limit) {
+			size := pgframe.Len(buf)
+			if size < 0 || (limit > 0 && size > limit) {
 				ss.send(fatal(codeProtocolViolation, errBadFrame.Error()))
 				return nil, reasons.ProtocolViolation
 			}
@@ -188,7 +187,7 @@ func (ss *session) skipCancelled(pending []byte) (rest []byte, reason reasons.Re
 				}
 				sentErr = true
 			}
-			if total := 1 + length; len(buf) >= total {
+			if total := pgframe.HeaderLen + size; len(buf) >= total {
 				buf = buf[total:]
 			} else {
 				skip := int64(total - len(buf))

@@ -1,15 +1,17 @@
 package wire
 
 import (
-	"encoding/binary"
 	"errors"
+
+	"github.com/querycop/querycop/internal/pgframe"
 )
 
 // framer walks the 5-byte headers (type, int32 length including itself) of
 // a stream of protocol messages, without copying or allocating, so the relay
-// can forward whole buffers and still know where messages start.
+// can forward whole buffers and still know where messages start. The header
+// itself is read by pgframe, as everywhere else.
 type framer struct {
-	hdr      [5]byte
+	hdr      [pgframe.HeaderLen]byte
 	hdrLen   int // header bytes collected so far (a header may span reads)
 	need     int // body bytes still to pass in the current message
 	statusAt bool
@@ -33,10 +35,6 @@ var errBadFrame = errors.New("invalid message length in protocol stream")
 
 // errTooLarge is a client message over GATEKEEPER_MAX_MESSAGE_SIZE.
 var errTooLarge = errors.New("message from client exceeds GATEKEEPER_MAX_MESSAGE_SIZE")
-
-// maxFrameLen bounds one message (PostgreSQL's PQ_LARGE_MESSAGE_LIMIT is
-// 1 GiB - 1; anything claiming more is corrupt).
-const maxFrameLen = 0x3fffffff
 
 // feed advances over p. If stop is non-zero and a message of that type
 // starts in p, feed returns its offset and stops there; otherwise -1.
@@ -63,14 +61,14 @@ func (f *framer) feed(p []byte, stop byte) (int, error) {
 			break
 		}
 		f.hdrLen = 0
-		length := binary.BigEndian.Uint32(f.hdr[1:])
-		if length < 4 || length > maxFrameLen {
+		size := pgframe.Len(f.hdr[:])
+		if size < 0 {
 			return -1, errBadFrame
 		}
-		if f.maxLen > 0 && int(length)-4 > f.maxLen {
+		if f.maxLen > 0 && size > f.maxLen {
 			return -1, errTooLarge
 		}
-		f.need = int(length) - 4
+		f.need = size
 		f.last = f.hdr[0]
 		f.messages++
 		if f.fromClient {

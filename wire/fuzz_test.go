@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
+
+	"github.com/querycop/querycop/internal/pgframe"
 )
 
 // The fuzz targets feed the parsers everything a hostile client could
@@ -93,13 +95,13 @@ func FuzzTransactionMessages(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		if name, query, rest, ok := splitParse(body); ok {
 			out := appendParse(nil, string(name), query, rest)
-			if typ, got, n := nextMessage(out); typ != 'P' || n != len(out) || !bytes.Equal(got, body) {
+			if typ, got, n := pgframe.Next(out); typ != 'P' || n != len(out) || !bytes.Equal(got, body) {
 				t.Fatalf("Parse does not round-trip: %q", body)
 			}
 		}
 		if portal, stmt, rest, ok := splitBind(body); ok {
 			out := appendBind(nil, portal, string(stmt), rest)
-			if _, got, _ := nextMessage(out); !bytes.Equal(got, body) {
+			if _, got, _ := pgframe.Next(out); !bytes.Equal(got, body) {
 				t.Fatalf("Bind does not round-trip: %q", body)
 			}
 		}

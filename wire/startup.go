@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/internal/pgframe"
 	"github.com/querycop/querycop/internal/reasons"
 )
 
@@ -130,15 +131,16 @@ func cutNUL(b []byte) (string, []byte, bool) {
 // readMessage reads one regular protocol message during authentication,
 // refusing bodies over max bytes.
 func readMessage(r io.Reader, max int) (typ byte, body []byte, err error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	var hdr [pgframe.HeaderLen]byte
+	size, err := pgframe.ReadHeader(r, hdr[:], max)
+	var le *pgframe.LengthError
+	if errors.As(err, &le) {
+		return 0, nil, &protocolError{msg: le.Error()}
+	}
+	if err != nil {
 		return 0, nil, err
 	}
-	length := binary.BigEndian.Uint32(hdr[1:])
-	if length < 4 || int(length)-4 > max {
-		return 0, nil, protocolErrorf("invalid message length %d for message type %d", length, hdr[0])
-	}
-	body = make([]byte, length-4)
+	body = make([]byte, size)
 	if _, err := io.ReadFull(r, body); err != nil {
 		return 0, nil, unexpectedEOF(err)
 	}

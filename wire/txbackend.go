@@ -1,11 +1,11 @@
 package wire
 
 import (
-	"encoding/binary"
 	"errors"
 	"net"
 	"time"
 
+	"github.com/querycop/querycop/internal/pgframe"
 	"github.com/querycop/querycop/internal/reasons"
 )
 
@@ -192,10 +192,11 @@ func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, 
 			}
 		}
 		typ := att.hold[0]
-		length := int(binary.BigEndian.Uint32(att.hold[1:5]))
-		if length < 4 || length > maxFrameLen {
+		size := pgframe.Len(att.hold)
+		if size < 0 {
 			return false, false, errBadFrame
 		}
+		length := size + 4
 		if typ == 'A' && tx.dropsNotifications() {
 			// A notification for a channel this client never listened on:
 			// another client's LISTEN the gateway could not see (inside a

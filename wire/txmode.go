@@ -2,13 +2,13 @@ package wire
 
 import (
 	"container/list"
-	"encoding/binary"
 	"errors"
 	"net"
 	"sync"
 	"time"
 	"unsafe"
 
+	"github.com/querycop/querycop/internal/pgframe"
 	"github.com/querycop/querycop/internal/reasons"
 
 	"github.com/querycop/querycop/backend"
@@ -35,10 +35,6 @@ import (
 // headers, drops the answers to messages the gateway injected, and decides
 // when to detach. Both share txSession.mu, held only briefly, never across
 // I/O.
-
-// maxClientMessage bounds one client message in transaction mode, which
-// reads messages whole (PostgreSQL's own limit for most messages is 1 GiB).
-const maxClientMessage = 1 << 30
 
 // backendState is what transaction mode keeps with a backend connection
 // (backend.Conn.Attachment) across the clients that borrow it.
@@ -266,7 +262,7 @@ func (tx *txSession) serve(first []byte) reasons.Reason {
 	for {
 		// Process every complete message buffered.
 		for {
-			typ, body, n := nextMessage(buf[r:w])
+			typ, body, n := pgframe.Next(buf[r:w])
 			if n < 0 {
 				ss.send(fatal(codeProtocolViolation, "invalid message length from client"))
 				return reasons.ProtocolViolation
@@ -327,7 +323,7 @@ func (tx *txSession) serve(first []byte) reasons.Reason {
 			}
 		}
 		if need := neededLen(buf[:w]); need > len(buf) {
-			if limit := ss.srv.cfg.MaxMessageSize; need > maxClientMessage || (limit > 0 && need-5 > limit) {
+			if limit := ss.srv.cfg.MaxMessageSize; limit > 0 && need-pgframe.HeaderLen > limit {
 				ss.send(fatal(codeProtocolViolation, errTooLarge.Error()))
 				return reasons.ProtocolViolation
 			}
@@ -371,29 +367,14 @@ func reasonForWrite(err error) reasons.Reason {
 	return reasons.BackendGone
 }
 
-// nextMessage returns the first complete message in b and its size, 0 when
-// b holds no complete message, -1 for a corrupt length.
-func nextMessage(b []byte) (typ byte, body []byte, n int) {
-	if len(b) < 5 {
-		return 0, nil, 0
-	}
-	length := binary.BigEndian.Uint32(b[1:5])
-	if length < 4 || length > maxClientMessage {
-		return 0, nil, -1
-	}
-	total := int(length) + 1
-	if len(b) < total {
-		return 0, nil, 0
-	}
-	return b[0], b[5:total], total
-}
-
 // neededLen is the size of the buffer needed for the message starting b.
+// A length pgframe refuses needs no room: pgframe.Next has already ended
+// the session for it when the header is whole.
 func neededLen(b []byte) int {
-	if len(b) < 5 {
-		return 5
+	if len(b) < pgframe.HeaderLen {
+		return pgframe.HeaderLen
 	}
-	return int(binary.BigEndian.Uint32(b[1:5])) + 1
+	return pgframe.HeaderLen + max(pgframe.Len(b), 0)
 }
 
 func (tx *txSession) detachedNow() bool {
