@@ -267,14 +267,47 @@ func (af *authFile) md5Users() []string {
 	return out
 }
 
-// AuthFileMD5Users lists the users of a client auth file whose entry is an
-// MD5 hash: in pass-through mode the gateway cannot log in to PostgreSQL
-// for them, since an MD5 exchange yields neither their password nor SCRAM
-// keys. (SCRAM entries are fine: the keys recovered from the client's
-// proof log in to a server holding the same secret.)
-func AuthFileMD5Users(path string) ([]string, error) {
-	af, err := loadAuthFile(path)
-	if err != nil {
+// loadedAuthFile is the outcome of reading one auth file.
+type loadedAuthFile struct {
+	path string
+	af   *authFile
+	err  error
+}
+
+// LoadAuthFile reads GATEKEEPER_CLIENT_AUTH_FILE once for all of start-up:
+// Validate, AuthFileMD5Users, AuthFileHasPlain, CheckAuthQuery and
+// NewServer then use what it read, and NewServer keeps it (re-reading it
+// when it changes, or on SIGHUP). A problem with the file is reported by
+// Validate. Without LoadAuthFile each of them reads the file itself.
+func (c *Config) LoadAuthFile() {
+	if c.ClientAuthFile == "" {
+		c.authFile = nil
+		return
+	}
+	af, err := loadAuthFile(c.ClientAuthFile)
+	c.authFile = &loadedAuthFile{path: c.ClientAuthFile, af: af, err: err}
+}
+
+// clientAuthFile is the auth file c names, as LoadAuthFile read it, or read
+// now; nil without one.
+func (c Config) clientAuthFile() (*authFile, error) {
+	if c.ClientAuthFile == "" {
+		return nil, nil
+	}
+	if l := c.authFile; l != nil && l.path == c.ClientAuthFile {
+		return l.af, l.err
+	}
+	return loadAuthFile(c.ClientAuthFile)
+}
+
+// AuthFileMD5Users lists the users of the client auth file whose entry is
+// an MD5 hash: in pass-through mode the gateway cannot log in to
+// PostgreSQL for them, since an MD5 exchange yields neither their password
+// nor SCRAM keys. (SCRAM entries are fine: the keys recovered from the
+// client's proof log in to a server holding the same secret.)
+func (c Config) AuthFileMD5Users() ([]string, error) {
+	af, err := c.clientAuthFile()
+	if af == nil || err != nil {
 		return nil, err
 	}
 	users := af.md5Users()
@@ -282,11 +315,12 @@ func AuthFileMD5Users(path string) ([]string, error) {
 	return users, nil
 }
 
-// AuthFileHasPlain reports whether the auth file has a plain-text password
-// for user (the auth query's role may take its password from there).
-func AuthFileHasPlain(path, user string) bool {
-	af, err := loadAuthFile(path)
-	if err != nil {
+// AuthFileHasPlain reports whether the client auth file has a plain-text
+// password for user (the auth query's role may take its password from
+// there).
+func (c Config) AuthFileHasPlain(user string) bool {
+	af, err := c.clientAuthFile()
+	if af == nil || err != nil {
 		return false
 	}
 	e, _ := af.lookup(user)

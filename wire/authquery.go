@@ -447,7 +447,7 @@ func (aq *authQuery) close() {
 func CheckAuthQuery(cfg Config, d BackendDialer, user string) (string, error) {
 	srv := &Server{cfg: cfg, dialer: d, log: zerolog.Nop()}
 	if cfg.ClientAuthFile != "" {
-		af, err := loadAuthFile(cfg.ClientAuthFile)
+		af, err := cfg.clientAuthFile()
 		if err != nil {
 			return "", fmt.Errorf("reading GATEKEEPER_CLIENT_AUTH_FILE: %w", err)
 		}

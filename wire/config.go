@@ -35,6 +35,10 @@ type Config struct {
 	// TxPinning is what transaction mode does with session state it cannot
 	// carry from one backend to the next.
 	TxPinning TxPinning `env:"TX_PINNING" envDefault:"pin" help:"transaction mode: pin (a client whose session state cannot be carried keeps its backend until it disconnects) or refuse (such statements fail with SQLSTATE 0A000)"`
+
+	// authFile is ClientAuthFile as LoadAuthFile read it, shared by every
+	// copy of this Config, so start-up parses the file once.
+	authFile *loadedAuthFile
 }
 
 // TxPinning is transaction mode's answer to session state it cannot carry.

@@ -91,7 +91,7 @@ func NewServer(cfg Config, pools Pools, tokenMode bool, log zerolog.Logger, opts
 	}
 	_, _ = rand.Read(s.decoySecret[:])
 	if cfg.ClientAuthFile != "" {
-		af, err := loadAuthFile(cfg.ClientAuthFile)
+		af, err := cfg.clientAuthFile()
 		if err != nil {
 			return nil, fmt.Errorf("reading GATEKEEPER_CLIENT_AUTH_FILE: %w", err)
 		}

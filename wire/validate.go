@@ -44,7 +44,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.ClientAuthFile != "" {
-		if _, err := loadAuthFile(c.ClientAuthFile); err != nil {
+		if _, err := c.clientAuthFile(); err != nil {
 			add(fmt.Sprintf("GATEKEEPER_CLIENT_AUTH_FILE cannot be used: %v; give a file of \"user\" \"password\" lines (PgBouncer's userlist.txt format)", err), "GATEKEEPER_CLIENT_AUTH_FILE")
 		}
 	}

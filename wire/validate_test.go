@@ -121,3 +121,32 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestAuthFileLoadedOnce: once LoadAuthFile has read the auth file, the
+// start-up checks use what it read and do not read the file again (it is
+// gone here), while a Config that never loaded it reads the file itself.
+func TestAuthFileLoadedOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "userlist.txt")
+	if err := os.WriteFile(path, []byte(`"bob" "md5a3556571e93b0d20722ba62be61e8c2d"`+"\n"+`"qc_auth" "pw"`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := wire.Config{ListenAddr: "127.0.0.1", ListenPort: 15432, LoginTimeout: 15 * time.Second, MaxClientConn: 1000,
+		MaxPreparedStatements: 200, MaxMessageSize: 1 << 20, ClientAuthFile: path}
+	fresh := cfg
+	cfg.LoadAuthFile()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("Validate after LoadAuthFile, file since removed: %v", err)
+	}
+	if users, err := cfg.AuthFileMD5Users(); err != nil || len(users) != 1 || users[0] != "bob" {
+		t.Errorf("AuthFileMD5Users = %v, %v; want [bob]", users, err)
+	}
+	if !cfg.AuthFileHasPlain("qc_auth") {
+		t.Error("AuthFileHasPlain(qc_auth) = false, want true")
+	}
+	if err := fresh.Validate(); err == nil || !strings.Contains(err.Error(), "GATEKEEPER_CLIENT_AUTH_FILE cannot be used") {
+		t.Errorf("Validate without LoadAuthFile, file removed: %v; want the file refused", err)
+	}
+}

@@ -91,6 +91,8 @@ func LoadConfig(environ []string) (Config, error) {
 		}
 	}
 
+	// Read once here; the checks below and the server share what was read.
+	cfg.Wire.LoadAuthFile()
 	semantic := []error{
 		cfg.Backend.Validate(),
 		cfg.Wire.Validate(),
@@ -360,7 +362,7 @@ func authFileModeCheck(cfg Config) error {
 	if cfg.Wire.ClientAuthFile == "" || cfg.Backend.Token.TokenMode() {
 		return nil
 	}
-	users, err := wire.AuthFileMD5Users(cfg.Wire.ClientAuthFile)
+	users, err := cfg.Wire.AuthFileMD5Users()
 	if err != nil || len(users) == 0 {
 		return nil // an unreadable file is reported by wire's own check
 	}
@@ -376,7 +378,7 @@ func authQueryModeCheck(cfg Config) error {
 	if w.AuthUser == "" || w.AuthPassword != "" || cfg.Backend.Token.Cmd != "" {
 		return nil
 	}
-	if w.ClientAuthFile != "" && wire.AuthFileHasPlain(w.ClientAuthFile, w.AuthUser) {
+	if w.ClientAuthFile != "" && w.AuthFileHasPlain(w.AuthUser) {
 		return nil
 	}
 	return confcheck.Problem{Vars: []string{envPrefix + "AUTH_USER", envPrefix + "AUTH_PASSWORD"}, Msg: fmt.Sprintf(
