@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
@@ -188,5 +189,49 @@ func TestLateCancelSparesTheNextQuery(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A batch cancelled while it waited for a backend, whose Sync the client
+// sent only after the 57014 came, leaves nothing behind: a cancel after
+// the batch's ReadyForQuery, with nothing running, spares the client's
+// next query. (Reading the Sync between transactions used to note a
+// request on its way, and the late cancel then ended the next wait.)
+func TestLateCancelAfterSkippedBatchSparesTheNextQuery(t *testing.T) {
+	g := txGatewayWith(t, 1, nil)
+	holder := txConnect(t, g)
+	mustQuery(t, holder, "begin") // holds the only backend
+	client := txConnect(t, g)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fe := client.Frontend()
+	fe.Send(txParse("", "select 'ran'"))
+	fe.Send(txBind(""))
+	fe.Send(txExecute())
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := client.ReceiveMessage(ctx)
+	if e, ok := msg.(*pgproto3.ErrorResponse); !ok || e.Code != "57014" {
+		t.Fatalf("the cancelled batch got %#v, %v; want ErrorResponse 57014", msg, err)
+	}
+	fe.Send(txSync())
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := client.ReceiveMessage(ctx); err != nil {
+		t.Fatal(err)
+	} else if _, ok := msg.(*pgproto3.ReadyForQuery); !ok {
+		t.Fatalf("the Sync of the cancelled batch got %#v; want ReadyForQuery", msg)
+	}
+	mustQuery(t, holder, "commit")
+	if err := client.CancelRequest(ctx); err != nil { // late: nothing runs
+		t.Fatal(err)
+	}
+	if v, err := testkit.Query(ctx, client, "select 'next'"); err != nil || v != "next" {
+		t.Fatalf("the query after a late cancel: %q, %v", v, err)
 	}
 }

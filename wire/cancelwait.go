@@ -73,6 +73,17 @@ func (ss *session) requestRead() {
 	ss.gateMu.Unlock()
 }
 
+// batchSkipped notes that the rest of a batch cancelled before it had a
+// backend has been read and dropped. Reading it between transactions noted
+// a request on its way, and none is: a cancel from now on, sent after the
+// batch's ReadyForQuery, is late and must spare the next request, unless
+// more (the next request) has already been read.
+func (ss *session) batchSkipped(more bool) {
+	ss.gateMu.Lock()
+	ss.reqRead = more
+	ss.gateMu.Unlock()
+}
+
 // backendReady ends the wait: the request is about to be forwarded on
 // lease (nil: the wait failed). It reports whether a CancelRequest came
 // first; if not, cancels go to lease's backend from now on.

@@ -279,6 +279,7 @@ func (tx *txSession) serve(first []byte) reasons.Reason {
 			}
 			if tx.skipping { // the rest of a batch cancelled before it had a backend
 				if tx.skipping = !ss.endsBatch(typ); !tx.skipping {
+					ss.batchSkipped(r < w) // before the client can send a late cancel
 					if err := ss.answerCancelledEnd(); err != nil {
 						return "client-gone"
 					}
