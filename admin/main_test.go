@@ -94,7 +94,7 @@ func startGateway(t *testing.T, c *pgtest.Cluster, pcfg pool.Config, acfg admin.
 	logs := &testkit.LogBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	pools := pool.New(pcfg, dialer, false, log)
-	srv, err := wire.NewServer(wire.Config{ListenAddr: "127.0.0.1", LoginTimeout: 5 * time.Second, MaxClientConn: 100}, pools, false, log)
+	srv, err := wire.NewServer(wire.Config{ListenAddr: "127.0.0.1", LoginTimeout: 5 * time.Second, MaxClientConn: 100}, wire.PoolsOf(pools), false, log)
 	if err != nil {
 		t.Fatalf("wire.NewServer: %v", err)
 	}

@@ -15,7 +15,7 @@ import (
 // which then serves only this client until it leaves (relay.go relays it).
 
 // attach takes a backend for the session and relays until it ends.
-func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte) reasons.Reason {
+func (ss *session) attach(pl Pool, settings []startupSetting, first []byte) reasons.Reason {
 	for {
 		reason, cancelled := ss.attachOnce(pl, settings, first)
 		if !cancelled {
@@ -40,7 +40,7 @@ func (ss *session) attach(pl *pool.Pool, settings []startupSetting, first []byte
 // attachOnce takes a backend for the request in first and relays until
 // the session ends; cancelled reports a CancelRequest that came before the
 // request reached the backend (nothing was sent).
-func (ss *session) attachOnce(pl *pool.Pool, settings []startupSetting, first []byte) (reason reasons.Reason, cancelled bool) {
+func (ss *session) attachOnce(pl Pool, settings []startupSetting, first []byte) (reason reasons.Reason, cancelled bool) {
 	ctx := ss.waitForBackend()
 	lease, err := pl.Acquire(ctx)
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/querycop/querycop/internal/pgframe"
 	"github.com/querycop/querycop/internal/reasons"
-	"github.com/querycop/querycop/pool"
 )
 
 // Cancels that come before a request reaches a backend.
@@ -87,7 +86,7 @@ func (ss *session) batchSkipped(more bool) {
 // backendReady ends the wait: the request is about to be forwarded on
 // lease (nil: the wait failed). It reports whether a CancelRequest came
 // first; if not, cancels go to lease's backend from now on.
-func (ss *session) backendReady(lease *pool.Lease) (cancelled bool) {
+func (ss *session) backendReady(lease Lease) (cancelled bool) {
 	ss.gateMu.Lock()
 	defer ss.gateMu.Unlock()
 	// The wait is over; its context stays for the next one unless a

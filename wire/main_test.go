@@ -100,7 +100,7 @@ func startPooledGateway(t testing.TB, bcfg backend.Config, pcfg pool.Config, adj
 	logs := &testkit.LogBuffer{}
 	log := zerolog.New(logs).Level(zerolog.TraceLevel)
 	pools := pool.New(pcfg, dialer, tokens != nil, log)
-	srv, err := wire.NewServer(wcfg, pools, tokens != nil, log, wire.WithBackendDialer(dialer))
+	srv, err := wire.NewServer(wcfg, wire.PoolsOf(pools), tokens != nil, log, wire.WithBackendDialer(dialer))
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}

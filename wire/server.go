@@ -16,16 +16,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/sockio"
-	"github.com/querycop/querycop/pool"
 )
-
-// Pools admits an authenticated client to the pool for its database, user
-// and credential; *pool.Pools satisfies it.
-type Pools interface {
-	Admit(ctx context.Context, p backend.Params) (*pool.Pool, error)
-}
 
 // Server accepts clients on the pool port and runs one session per client.
 type Server struct {

@@ -16,7 +16,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/querycop/querycop/internal/reasons"
-	"github.com/querycop/querycop/pool"
 )
 
 // A session's life, in the order run and finish take it: start-up packets
@@ -44,8 +43,8 @@ type session struct {
 	// replaces conn with its TLS layer.
 	connShared atomic.Pointer[net.Conn]
 
-	lease   atomic.Pointer[pool.Lease] // the attached backend, for cancel
-	writeMu sync.Mutex                 // client writes: relay vs. kill
+	lease   attachedLease // the attached backend, for cancel
+	writeMu sync.Mutex    // client writes: relay vs. kill
 	killed  atomic.Bool
 
 	// Shutdown (see shutdown.go): gateMu orders the client side's "forward
@@ -205,13 +204,13 @@ func (ss *session) run() {
 // idle client spends its life in the read of awaitFirst, so this frame
 // and that one are all its stack holds (start-up grew the first
 // goroutine's stack with TLS, SCRAM and logging).
-func (ss *session) afterStartup(pl *pool.Pool, settings []startupSetting) {
+func (ss *session) afterStartup(pl Pool, settings []startupSetting) {
 	first, err := ss.awaitFirst(make([]byte, 64))
 	ss.finish(pl, settings, first, err)
 }
 
 // finish serves the session once the client has spoken, and cleans up.
-func (ss *session) finish(pl *pool.Pool, settings []startupSetting, first []byte, readErr error) {
+func (ss *session) finish(pl Pool, settings []startupSetting, first []byte, readErr error) {
 	defer ss.srv.sessions.Done()
 	defer ss.endWaits()
 	defer ss.srv.forget(ss)

@@ -32,7 +32,7 @@ import (
 const maxCheckedSettings = 10000
 
 type checkedKey struct {
-	pool *pool.Pool
+	pool Pool
 	sum  [sha256.Size]byte
 }
 
@@ -62,7 +62,7 @@ func checkQuery(settings []startupSetting) string { return setConfigQuery(settin
 
 // checkSettings returns a *settingsError for settings the server refuses,
 // or the error that kept it from asking.
-func (ss *session) checkSettings(pl *pool.Pool, settings []startupSetting) error {
+func (ss *session) checkSettings(pl Pool, settings []startupSetting) error {
 	if len(settings) == 0 {
 		return nil
 	}

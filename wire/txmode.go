@@ -12,7 +12,6 @@ import (
 	"github.com/querycop/querycop/internal/reasons"
 
 	"github.com/querycop/querycop/backend"
-	"github.com/querycop/querycop/pool"
 )
 
 // Transaction pooling.
@@ -82,7 +81,7 @@ type pendingReply struct {
 
 // attachment is one backend held by the client for one transaction.
 type attachment struct {
-	lease *pool.Lease
+	lease Lease
 	conn  net.Conn
 	state *backendState
 	since time.Time
@@ -155,7 +154,7 @@ type batchEnd struct {
 // txSession is a client session in transaction mode.
 type txSession struct {
 	ss *session
-	pl *pool.Pool
+	pl Pool
 
 	mu       sync.Mutex
 	att      *attachment
@@ -196,7 +195,7 @@ func bytesView(b []byte) string {
 
 // first and firstErr are the client's first read, made in afterStartup's
 // shallow frame.
-func (ss *session) serveTransactions(pl *pool.Pool, startup []startupSetting, first []byte, firstErr error) reasons.Reason {
+func (ss *session) serveTransactions(pl Pool, startup []startupSetting, first []byte, firstErr error) reasons.Reason {
 	tx := &txSession{ss: ss, pl: pl, stmts: map[string]*clientStmt{}, settings: map[string]string{}}
 	for _, st := range startup {
 		tx.settings[lowerASCII(st.name)] = setQuery([]startupSetting{st})

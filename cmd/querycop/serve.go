@@ -48,7 +48,7 @@ func serve(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	pools := pool.New(cfg.Pool, dialer, dialer.TokenMode(), log)
 	defer pools.Close()
-	srv, err := wire.NewServer(cfg.Wire, pools, dialer.TokenMode(), log, wire.WithBackendDialer(dialer))
+	srv, err := wire.NewServer(cfg.Wire, wire.PoolsOf(pools), dialer.TokenMode(), log, wire.WithBackendDialer(dialer))
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,89 @@
+package wire
+
+import (
+	"context"
+	"sync"
+
+	"github.com/querycop/querycop/backend"
+	"github.com/querycop/querycop/pool"
+)
+
+// What a session needs of the pool, declared here by its consumer: the
+// relays and the start-up stages see these three interfaces, never the
+// pool's types, so they can be tested against a fake pool and the pool can
+// change inside. PoolsOf adapts the real one. pool's error types
+// (AcquireTimeoutError, PausedError, TooManyPoolsError) and ReleaseState
+// are the vocabulary of this contract and stay pool's.
+
+// Pools admits an authenticated client to the pool for its database, user
+// and credential.
+type Pools interface {
+	Admit(ctx context.Context, p backend.Params) (Pool, error)
+}
+
+// Pool is the pool one client was admitted to.
+type Pool interface {
+	// Acquire lends a backend connection, waiting at most the pool's
+	// acquire timeout (or until ctx ends).
+	Acquire(ctx context.Context) (Lease, error)
+	// Leave ends the admission when the session ends.
+	Leave()
+	// StartupParams are the ParameterStatus values the server reported,
+	// which the handoff passes on to the client.
+	StartupParams() map[string]string
+}
+
+// Lease is one backend connection lent to a session until Release.
+type Lease interface {
+	// Conn stays valid after Release (it may then serve someone else).
+	Conn() *backend.Conn
+	Release(st pool.ReleaseState)
+}
+
+// PoolsOf presents the gateway's pools to the server.
+func PoolsOf(ps *pool.Pools) Pools { return poolsAdapter{ps} }
+
+type poolsAdapter struct{ ps *pool.Pools }
+
+func (a poolsAdapter) Admit(ctx context.Context, p backend.Params) (Pool, error) {
+	pl, err := a.ps.Admit(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return poolAdapter{pl}, nil
+}
+
+// poolAdapter holds one pointer, so it goes into an interface without an
+// allocation, and two of them for the same pool compare equal (the
+// start-up settings check keys its memory on the pool).
+type poolAdapter struct{ *pool.Pool }
+
+func (a poolAdapter) Acquire(ctx context.Context) (Lease, error) {
+	l, err := a.Pool.Acquire(ctx)
+	if err != nil {
+		return nil, err // never a typed nil in the interface
+	}
+	return l, nil
+}
+
+// attachedLease is the lease a session's requests run on now (nil: none).
+// Cancel requests, shutdown and /v1/clients read it from other
+// goroutines; a cancel compares what it read with what is there when its
+// connection to the server is open, and interface values holding the same
+// *pool.Lease compare equal, a later lease of the same connection does not.
+type attachedLease struct {
+	mu sync.Mutex
+	l  Lease
+}
+
+func (a *attachedLease) Load() Lease {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.l
+}
+
+func (a *attachedLease) Store(l Lease) {
+	a.mu.Lock()
+	a.l = l
+	a.mu.Unlock()
+}
