@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/querycop/querycop/internal/pgframe"
 )
 
 // cancelTarget listens like a server taking cancel requests and reports
@@ -46,7 +48,7 @@ func TestCancelIfSendsTheRequest(t *testing.T) {
 		t.Fatalf("CancelIf = %v, %v; want true, nil", sent, err)
 	}
 	b := <-got
-	if len(b) != 16 || binary.BigEndian.Uint32(b[4:8]) != cancelRequestCode ||
+	if len(b) != 16 || binary.BigEndian.Uint32(b[4:8]) != pgframe.CancelRequestCode ||
 		binary.BigEndian.Uint32(b[8:12]) != 4242 || string(b[12:]) != "\x01\x02\x03\x04" {
 		t.Fatalf("cancel request on the wire = %x; want length 16, code, pid 4242, key 01020304", b)
 	}

@@ -8,6 +8,8 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/querycop/querycop/internal/pgframe"
 )
 
 // Conn is one authenticated backend connection, taken over from pgconn
@@ -65,9 +67,6 @@ func (c *Conn) TLS() bool { return c.tls }
 // Created is when the connection was authenticated.
 func (c *Conn) Created() time.Time { return c.created }
 
-// cancelRequestCode is PostgreSQL's CANCEL_REQUEST_CODE (src/include/libpq/pqcomm.h).
-const cancelRequestCode = 80877102
-
 // Cancel asks the server to cancel the query running on c, over a new
 // connection that follows the same TLS rules as c itself. As with libpq,
 // success only means the request was delivered.
@@ -103,7 +102,7 @@ func (c *Conn) CancelIf(ctx context.Context, wanted func() bool) (sent bool, err
 	}
 	msg := make([]byte, 12, 12+len(c.secretKey))
 	binary.BigEndian.PutUint32(msg[0:4], uint32(12+len(c.secretKey)))
-	binary.BigEndian.PutUint32(msg[4:8], cancelRequestCode)
+	binary.BigEndian.PutUint32(msg[4:8], pgframe.CancelRequestCode)
 	binary.BigEndian.PutUint32(msg[8:12], c.pid)
 	msg = append(msg, c.secretKey...)
 	if wanted != nil && !wanted() {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/querycop/querycop/internal/pgframe"
 	"github.com/querycop/querycop/internal/sockio"
 	"github.com/querycop/querycop/token"
 )
@@ -223,9 +224,6 @@ func (d *Dialer) dialNet(ctx context.Context, network, addr string, policy tlsPo
 	return conn, isTLS, nil
 }
 
-// sslRequestCode is PostgreSQL's NEGOTIATE_SSL_CODE (src/include/libpq/pqcomm.h).
-const sslRequestCode = 80877103
-
 func (d *Dialer) startTLS(ctx context.Context, raw net.Conn, policy tlsPolicy) (net.Conn, error) {
 	if deadline, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(deadline)
@@ -233,7 +231,7 @@ func (d *Dialer) startTLS(ctx context.Context, raw net.Conn, policy tlsPolicy) (
 	}
 	var req [8]byte
 	binary.BigEndian.PutUint32(req[0:4], 8)
-	binary.BigEndian.PutUint32(req[4:8], sslRequestCode)
+	binary.BigEndian.PutUint32(req[4:8], pgframe.SSLRequestCode)
 	if _, err := raw.Write(req[:]); err != nil {
 		return nil, &TLSError{Err: err}
 	}

@@ -19,14 +19,7 @@ import (
 	"github.com/querycop/querycop/internal/reasons"
 )
 
-// Start-up packet codes, from PostgreSQL's src/include/libpq/pqcomm.h.
-const (
-	codeSSLRequest    = 80877103 // NEGOTIATE_SSL_CODE
-	codeGSSENCRequest = 80877104 // NEGOTIATE_GSS_CODE
-	codeCancelRequest = 80877102 // CANCEL_REQUEST_CODE
-
-	protocol30 = 3 << 16 // PG_PROTOCOL(3, 0)
-)
+const protocol30 = 3 << 16 // PG_PROTOCOL(3, 0)
 
 // Start-up packet bounds: PostgreSQL's MAX_STARTUP_PACKET_LENGTH is 10000,
 // and the smallest packet is a length and a code.
@@ -197,7 +190,7 @@ func (ss *session) startup() (*startupMessage, error) {
 			return nil, err
 		}
 		switch {
-		case pkt.code == codeSSLRequest && !sslDone:
+		case pkt.code == pgframe.SSLRequestCode && !sslDone:
 			if len(pkt.body) != 0 {
 				return nil, protocolErrorf("invalid length of startup packet")
 			}
@@ -220,7 +213,7 @@ func (ss *session) startup() (*startupMessage, error) {
 			ss.connShared.Store(&shared)
 			ss.tls = true
 			gssDone = true
-		case pkt.code == codeGSSENCRequest && !gssDone:
+		case pkt.code == pgframe.GSSENCRequestCode && !gssDone:
 			if len(pkt.body) != 0 {
 				return nil, protocolErrorf("invalid length of startup packet")
 			}
@@ -229,7 +222,7 @@ func (ss *session) startup() (*startupMessage, error) {
 			if _, err := ss.conn.Write([]byte{'N'}); err != nil {
 				return nil, err
 			}
-		case pkt.code == codeCancelRequest:
+		case pkt.code == pgframe.CancelRequestCode:
 			ss.forwardCancel(pkt.body)
 			return nil, nil
 		case pkt.code>>16 == 3:

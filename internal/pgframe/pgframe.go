@@ -3,7 +3,9 @@
 // itself but not the type (protocol.sgml, "Message Formats"). It is the
 // one parser of that header for both sides of the gateway: the relays in
 // wire walk it on buffers they forward whole, and the start-up and control
-// exchanges in wire and backend read messages whole with it.
+// exchanges in wire and backend read messages whole with it. It also names
+// the codes of the untyped packets before start-up (SSLRequest,
+// GSSENCRequest, CancelRequest), which wire answers and backend sends.
 //
 // It owns no state, starts no goroutines and takes no locks. Len and Next
 // allocate nothing, so the relays stay allocation-free per message.
@@ -13,6 +15,16 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+)
+
+// Request codes of the untyped packets a connection may start with, from
+// PostgreSQL's src/include/libpq/pqcomm.h: the int32 after the length of an
+// SSLRequest, GSSENCRequest or CancelRequest, where a StartupMessage has
+// its protocol version.
+const (
+	SSLRequestCode    = 80877103 // NEGOTIATE_SSL_CODE
+	GSSENCRequestCode = 80877104 // NEGOTIATE_GSS_CODE
+	CancelRequestCode = 80877102 // CANCEL_REQUEST_CODE
 )
 
 // HeaderLen is the size of a message header: the type byte and the length.
