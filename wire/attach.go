@@ -54,7 +54,7 @@ func (ss *session) attachOnce(pl Pool, settings []startupSetting, first []byte) 
 		return reasonOf(err), false
 	}
 	back := lease.Conn()
-	ss.setLog(ss.log.With().Uint32("backend_pid", back.PID()).Logger())
+	ss.logf.backendPID.Store(back.PID())
 	if q := setQuery(settings); q != "" {
 		ctx, cancel := context.WithTimeout(ss.srv.ctx, 10*time.Second)
 		_, err := back.Exec(ctx, q)

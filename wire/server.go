@@ -234,7 +234,8 @@ func (s *Server) newSession(conn net.Conn) *session {
 	}
 	c := conn
 	ss.connShared.Store(&c)
-	ss.setLog(s.log.With().Uint64("conn_id", id).Str("client", conn.RemoteAddr().String()).Logger())
+	ss.logf.connID, ss.logf.client = id, ss.view.Address
+	ss.log = s.log.Hook(&ss.logf)
 	s.mu.Lock()
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()

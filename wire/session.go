@@ -30,14 +30,15 @@ import (
 type session struct {
 	srv  *Server
 	conn net.Conn
-	// log is the session goroutine's own; other goroutines (shutdown,
-	// cancel forwarding) use sharedLog, which setLog keeps in step.
-	log       zerolog.Logger
-	logShared atomic.Pointer[zerolog.Logger]
-	since     time.Time
-	key       cancelKey
-	tls       bool
-	tlsCert   *tls.Certificate // served to the client, for SCRAM channel binding
+	// log is set before the session is visible to other goroutines and
+	// never replaced, so shutdown and cancel forwarding use it too. The
+	// session's fields go on each line through logFields.
+	log     zerolog.Logger
+	logf    logFields
+	since   time.Time
+	key     cancelKey
+	tls     bool
+	tlsCert *tls.Certificate // served to the client, for SCRAM channel binding
 
 	// connShared is conn for other goroutines (shutdown): start-up
 	// replaces conn with its TLS layer.
@@ -136,7 +137,7 @@ func (ss *session) run() {
 		ss.failStartup(err)
 		return
 	}
-	ss.setLog(ss.log.With().Str("user", params.User).Str("db", params.Database).Logger())
+	ss.logf.ident.Store(&logIdent{user: params.User, db: params.Database})
 	ss.setView(func(v *ClientInfo) { v.User, v.Database, v.TLS = params.User, params.Database, ss.tls })
 	if ss.srv.cfg.ClientTLS == ClientTLSRequire && !ss.tls {
 		ss.failStartup(&clientError{fatal(codeInvalidAuthorization,
@@ -276,19 +277,32 @@ func (ss *session) send(resp *pgproto3.ErrorResponse) {
 	_ = ss.conn.SetWriteDeadline(time.Time{})
 }
 
-// setLog replaces the session's logger, for its own goroutine and for
-// the others.
-func (ss *session) setLog(l zerolog.Logger) {
-	ss.log = l
-	ss.logShared.Store(&l)
+// sharedLog is the session's logger for goroutines other than its own.
+func (ss *session) sharedLog() *zerolog.Logger { return &ss.log }
+
+// logFields are a session's fields on each of its log lines, added by a
+// zerolog hook as a line is written. A prepared context (Logger.With)
+// would cost every session a 500-byte buffer, a large share of an idle
+// client's memory, for the few lifecycle lines a session writes. The
+// fields set after start-up are atomic: other goroutines log for the
+// session (shutdown, cancel forwarding).
+type logFields struct {
+	connID     uint64
+	client     string
+	ident      atomic.Pointer[logIdent]
+	backendPID atomic.Uint32
 }
 
-// sharedLog is the session's logger for goroutines other than its own.
-func (ss *session) sharedLog() *zerolog.Logger {
-	if l := ss.logShared.Load(); l != nil {
-		return l
+type logIdent struct{ user, db string }
+
+func (f *logFields) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
+	e.Uint64("conn_id", f.connID).Str("client", f.client)
+	if id := f.ident.Load(); id != nil {
+		e.Str("user", id.user).Str("db", id.db)
 	}
-	return &ss.srv.log
+	if pid := f.backendPID.Load(); pid != 0 {
+		e.Uint32("backend_pid", pid)
+	}
 }
 
 // remoteIP is the client's address without its port, for per-address limits.
