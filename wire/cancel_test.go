@@ -192,6 +192,39 @@ func TestLateCancelSparesTheNextQuery(t *testing.T) {
 	}
 }
 
+// A query cancelled while it waited for a backend, then a second cancel
+// with nothing running: the client's next query runs, in both modes, as on
+// a direct connection. (In session mode the session counted as not having
+// had its first request yet, so the late cancel was kept and ended the
+// next query.)
+func TestLateCancelAfterCancelledWaitSparesTheNextQuery(t *testing.T) {
+	c := pgtest.Require(t)
+	for _, mode := range cancelModes {
+		t.Run(string(mode), func(t *testing.T) {
+			pcfg := testPoolConfig()
+			pcfg.Size = 1
+			pcfg.AcquireTimeout = time.Minute
+			g := startPooledGateway(t, backendConfig(c, backend.TLSDisable), pcfg, fltMode(mode))
+			holder := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			mustQuery(t, holder, "begin") // holds the only backend
+			client := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			if v, err := queryThenCancel(t, client, "select 'ran'", 50*time.Millisecond); !isCanceled(err) {
+				t.Fatalf("query cancelled while waiting: %q, %v; want ERROR 57014", v, err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := client.CancelRequest(ctx); err != nil { // late: nothing runs
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // the cancel has been handled
+			holder.Close(ctx)
+			if v, err := testkit.Query(ctx, client, "select 'next'"); err != nil || v != "next" {
+				t.Fatalf("the query after a late cancel: %q, %v", v, err)
+			}
+		})
+	}
+}
+
 // A batch cancelled while it waited for a backend, whose Sync the client
 // sent only after the 57014 came, leaves nothing behind: a cancel after
 // the batch's ReadyForQuery, with nothing running, spares the client's

@@ -29,7 +29,7 @@ import (
 // the second before its session goroutine has read the first, or before
 // it has started to wait for a backend. A cancel that finds a request on
 // its way (bytes read and no backend yet, bytes still in the socket, or a
-// session-mode client that never had a request forwarded) is therefore
+// session-mode client before its first request) is therefore
 // kept for earlyCancelWindow, and ends the next wait for a backend. A
 // cancel with nothing on its way is dropped, as PostgreSQL drops one for
 // an idle backend: it may be a late cancel of a request that has finished.
@@ -95,7 +95,11 @@ func (ss *session) backendReady(lease Lease) (cancelled bool) {
 	cancelled, ss.cancelReq = ss.cancelReq, false
 	if !cancelled && lease != nil {
 		ss.lease.Store(lease)
-		ss.forwarded = true
+	}
+	if cancelled || lease != nil {
+		// The session is past its first request: from now on a cancel
+		// with nothing on its way is a late one and is dropped.
+		ss.hadRequest = true
 	}
 	return cancelled
 }
@@ -110,9 +114,9 @@ func (ss *session) cancelWaiting() bool {
 			return false
 		}
 		// No request has a backend. If one is on its way (read, or still
-		// in the socket, or the session never had a request forwarded in
-		// session mode), the cancel is for it.
-		if ss.reqRead || unreadInput(ss.conn) || (ss.srv.cfg.PoolMode != TransactionMode && !ss.forwarded) {
+		// in the socket, or, in session mode, the session has not had its
+		// first request yet), the cancel is for it.
+		if ss.reqRead || unreadInput(ss.conn) || (ss.srv.cfg.PoolMode != TransactionMode && !ss.hadRequest) {
 			ss.earlyCancel = time.Now()
 			return true
 		}
@@ -207,6 +211,9 @@ func (ss *session) skipCancelled(pending []byte) (rest []byte, reason reasons.Re
 				}
 			}
 			if typ == 'Q' || typ == 'F' || typ == 'S' {
+				// Before the client can send a late cancel: what follows
+				// the batch, already read, is the next request on its way.
+				ss.batchSkipped(len(buf) > 0)
 				b, _ := (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
 				if err := ss.writeClient(b); err != nil {
 					return nil, reasons.ClientGone

@@ -62,7 +62,7 @@ type session struct {
 	waitCtx       context.Context
 	waitCtxCancel context.CancelFunc
 	cancelReq     bool      // a CancelRequest came during the wait
-	forwarded     bool      // a request was forwarded to a backend once
+	hadRequest    bool      // a request was forwarded to a backend, or answered as cancelled
 	earlyCancel   time.Time // a CancelRequest that may have overtaken its request
 	reqRead       bool      // a request was read and has no backend yet
 	// readFirst's (client goroutine only): conn's RawConn, its callback
