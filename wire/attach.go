@@ -47,7 +47,7 @@ func (ss *session) attachOnce(pl Pool, settings []startupSetting, first []byte) 
 		if ss.backendReady(nil) {
 			return "", true
 		}
-		if ss.killed.Load() {
+		if ss.cutByShutdown() {
 			return reasons.Shutdown, false
 		}
 		ss.refuse(err)

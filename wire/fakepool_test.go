@@ -76,6 +76,11 @@ func (p *stalledPools) counts() (admitted, left, acquiring, acquires int) {
 // startStalledGateway serves clients in front of pools, with no server
 // behind it.
 func startStalledGateway(t *testing.T, pools wire.Pools, mode wire.PoolMode) int {
+	_, port := startStalledServer(t, pools, mode)
+	return port
+}
+
+func startStalledServer(t *testing.T, pools wire.Pools, mode wire.PoolMode) (*wire.Server, int) {
 	t.Helper()
 	cfg := wire.Config{ListenAddr: "127.0.0.1", LoginTimeout: 5 * time.Second, MaxClientConn: 10, PoolMode: mode}
 	logs := &testkit.LogBuffer{}
@@ -100,7 +105,7 @@ func startStalledGateway(t *testing.T, pools wire.Pools, mode wire.PoolMode) int
 	addr := srv.Addr().String()
 	var port int
 	fmt.Sscanf(addr[strings.LastIndex(addr, ":")+1:], "%d", &port)
-	return port
+	return srv, port
 }
 
 func connectStalled(t *testing.T, port int) *pgconn.PgConn {
@@ -160,6 +165,36 @@ func TestSessionAgainstAStalledPool(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 			if admitted, left, _, _ := pools.counts(); admitted != 1 || left != 1 {
 				t.Fatalf("admitted %d times, left %d times; want once each", admitted, left)
+			}
+		})
+	}
+}
+
+// A request waiting for a backend when shutdown closes the session gets
+// FATAL 57P01, never the failed wait as an error of its own (shutdown ends
+// the waits as it starts closing sessions, so the wait used to fail first
+// now and then and the client got 08001 "context canceled").
+func TestShutdownAnswersWaitingRequestsWith57P01(t *testing.T) {
+	for _, mode := range fltModes {
+		t.Run(string(mode), func(t *testing.T) {
+			for i := range 20 {
+				srv, port := startStalledServer(t, &stalledPools{}, mode)
+				client := connectStalled(t, port)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				done := make(chan error, 1)
+				go func() {
+					_, err := testkit.Query(ctx, client, "select 'ran'")
+					done <- err
+				}()
+				time.Sleep(20 * time.Millisecond) // the request waits for a backend
+				expired, expire := context.WithCancel(context.Background())
+				expire() // no grace: sessions are closed at once
+				_ = srv.Shutdown(expired)
+				err := <-done
+				cancel()
+				if code := testkit.SQLState(err); code != "57P01" {
+					t.Fatalf("round %d: a request waiting for a backend at shutdown got %v (SQLSTATE %q); want FATAL 57P01", i, err, code)
+				}
 			}
 		})
 	}

@@ -46,6 +46,7 @@ type session struct {
 
 	lease   attachedLease // the attached backend, for cancel
 	writeMu sync.Mutex    // client writes: relay vs. kill
+	killMu  sync.Mutex    // held through kill, so a second caller waits for the first
 	killed  atomic.Bool
 
 	// Shutdown (see shutdown.go): gateMu orders the client side's "forward

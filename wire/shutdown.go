@@ -136,13 +136,32 @@ func (ss *session) forceClose() {
 	ss.kill(shutdownError(), reasons.Shutdown)
 }
 
+// cutByShutdown reports whether a wait for a backend that just failed was
+// cut short by shutdown, and then makes sure the client gets 57P01. Shutdown
+// ends the waits (by ending the server's context) as it starts closing
+// sessions, so the wait can fail before this session's kill has run; the
+// failure must not reach the client as an error of its own.
+func (ss *session) cutByShutdown() bool {
+	if !ss.killed.Load() && ss.srv.ctx.Err() == nil {
+		return false
+	}
+	ss.kill(shutdownError(), reasons.Shutdown) // once, whoever is first
+	return true
+}
+
 func shutdownError() *pgproto3.ErrorResponse {
 	return fatal(codeAdminShutdown, "querycop is shutting down")
 }
 
 // kill ends a session from outside (shutdown): the client gets resp, within
 // shutdownWriteWait, and both sockets are unblocked.
+//
+// A second call waits for the first to finish: the session's own goroutine
+// calls it (cutByShutdown) before closing the connection, which must not
+// happen while the first is still writing resp.
 func (ss *session) kill(resp *pgproto3.ErrorResponse, reason reasons.Reason) {
+	ss.killMu.Lock()
+	defer ss.killMu.Unlock()
 	if !ss.killed.CompareAndSwap(false, true) {
 		return
 	}

@@ -114,7 +114,7 @@ func (tx *txSession) failAttach(err error) reasons.Reason {
 	if errors.As(err, &bw) {
 		return reasons.BackendGone
 	}
-	if errors.Is(err, errShuttingDown) {
+	if errors.Is(err, errShuttingDown) || tx.ss.cutByShutdown() {
 		return reasons.Shutdown // the client gets 57P01 from shutdown
 	}
 	tx.ss.refuse(err)

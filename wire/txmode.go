@@ -280,7 +280,7 @@ func (tx *txSession) serve(first []byte) reasons.Reason {
 				if tx.skipping = !ss.endsBatch(typ); !tx.skipping {
 					ss.batchSkipped(r < w) // before the client can send a late cancel
 					if err := ss.answerCancelledEnd(); err != nil {
-						return "client-gone"
+						return reasons.ClientGone
 					}
 				}
 				continue
@@ -289,7 +289,7 @@ func (tx *txSession) serve(first []byte) reasons.Reason {
 			out, err = tx.handle(out, typ, body)
 			if errors.Is(err, errCancelled) {
 				if tx.skipping, err = ss.answerCancelled(typ); err != nil {
-					return "client-gone"
+					return reasons.ClientGone
 				}
 				continue
 			}
