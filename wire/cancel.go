@@ -70,7 +70,16 @@ func (ss *session) forwardCancel(body []byte) {
 	// In transaction mode the backend goes back to the pool when the
 	// transaction ends; by the time the cancel connection is open it may
 	// be running another client's query, which must not be cancelled.
-	sent, err := lease.Conn().CancelIf(ctx, func() bool { return target.lease.Load() == lease })
+	// Once sent, the backend is not lent to anyone else until the server
+	// has delivered the cancel (see attachedLease).
+	counted := false
+	sent, err := lease.Conn().CancelIf(ctx, func() bool {
+		counted = target.lease.beginCancel(lease)
+		return counted
+	})
+	if counted {
+		target.lease.endCancel()
+	}
 	switch {
 	case err != nil:
 		target.sharedLog().Warn().Err(err).Msg("forwarding cancel request failed")

@@ -192,6 +192,57 @@ func TestLateCancelSparesTheNextQuery(t *testing.T) {
 	}
 }
 
+// A client that sends a cancel just as its transaction ends must not
+// cancel the next client's query on the same backend. The gateway checks
+// that the client still holds the backend when the cancel connection is
+// open, but the server acts on the cancel a moment later; the backend is
+// therefore not lent again until the server has delivered it (a backend
+// between commands ignores a cancel). Before that, B's query was cancelled
+// within the first few dozen rounds.
+func TestCancelNeverReachesTheNextClient(t *testing.T) {
+	g := txGatewayWith(t, 1, nil)
+	a := txConnect(t, g)
+	b := txConnect(t, g)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stop := make(chan struct{})
+	bErr := make(chan error, 1)
+	bRuns := 0
+	go func() {
+		defer close(bErr)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := testkit.Query(ctx, b, "select pg_sleep(0.002)"); err != nil {
+				bErr <- err
+				return
+			}
+			bRuns++
+		}
+	}()
+	var cancels sync.WaitGroup
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; i < 600 && time.Now().Before(deadline); i++ {
+		if _, err := testkit.Query(ctx, a, "select 1"); err != nil && !isCanceled(err) {
+			t.Fatalf("round %d: client A: %v", i, err)
+		}
+		// A's transaction has ended; the cancel overlaps its next one,
+		// which it may cancel (A's own), never B's.
+		cancels.Go(func() { _ = a.CancelRequest(ctx) })
+	}
+	close(stop)
+	cancels.Wait()
+	if err := <-bErr; err != nil {
+		t.Fatalf("client B's query failed after %d runs: %v (A's cancels must never reach B)", bRuns, err)
+	}
+	if bRuns == 0 {
+		t.Fatal("client B ran no query: the test did not interleave the two clients")
+	}
+}
+
 // A query cancelled while it waited for a backend, then a second cancel
 // with nothing running: the client's next query runs, in both modes, as on
 // a direct connection. (In session mode the session counted as not having

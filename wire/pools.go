@@ -71,9 +71,20 @@ func (a poolAdapter) Acquire(ctx context.Context) (Lease, error) {
 // goroutines; a cancel compares what it read with what is there when its
 // connection to the server is open, and interface values holding the same
 // *pool.Lease compare equal, a later lease of the same connection does not.
+//
+// It also keeps a cancel from reaching another client's query. The server
+// acts on a CancelRequest by signalling the backend before it closes the
+// cancel connection, and a backend that gets the signal while it waits
+// for its next command ignores it. So a backend whose client has let it
+// go must not be lent again until every cancel sent to it has been
+// delivered: beginCancel counts one (only if the lease is still the
+// session's), endCancel uncounts it, and awaitCancels, called between
+// letting go and releasing, waits for the count to drop to zero.
 type attachedLease struct {
-	mu sync.Mutex
-	l  Lease
+	mu         sync.Mutex
+	l          Lease
+	cancelling int           // cancels on their way to l's backend (or the last one's)
+	delivered  chan struct{} // closed when cancelling drops to zero; nil if no one waits
 }
 
 func (a *attachedLease) Load() Lease {
@@ -86,4 +97,43 @@ func (a *attachedLease) Store(l Lease) {
 	a.mu.Lock()
 	a.l = l
 	a.mu.Unlock()
+}
+
+// beginCancel reports whether l is still the attached lease, and if so
+// counts a cancel on its way to its backend until endCancel.
+func (a *attachedLease) beginCancel(l Lease) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.l != l || l == nil {
+		return false
+	}
+	a.cancelling++
+	return true
+}
+
+func (a *attachedLease) endCancel() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.cancelling--
+	if a.cancelling == 0 && a.delivered != nil {
+		close(a.delivered)
+		a.delivered = nil
+	}
+}
+
+// awaitCancels waits until no cancel is on its way to the backend the
+// session just let go of. The wait is bounded by the cancels' own
+// timeouts, and is nearly always none.
+func (a *attachedLease) awaitCancels() {
+	a.mu.Lock()
+	if a.cancelling == 0 {
+		a.mu.Unlock()
+		return
+	}
+	if a.delivered == nil {
+		a.delivered = make(chan struct{})
+	}
+	ch := a.delivered
+	a.mu.Unlock()
+	<-ch
 }

@@ -81,6 +81,7 @@ func (tx *txSession) attach() (*attachment, error) {
 // the server said something after the transaction's last answer, which
 // leaves it in an unknown state.
 func (tx *txSession) endAttachment(att *attachment, leftover bool) {
+	tx.ss.lease.awaitCancels()
 	if leftover {
 		att.lease.Release(pool.ReleaseState{Broken: true})
 	} else {
@@ -155,6 +156,7 @@ func (tx *txSession) finish(att *attachment, reason reasons.Reason) {
 	st = tx.sessionReset(att, st)
 	tx.mu.Unlock()
 	tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
+	tx.ss.lease.awaitCancels()
 	att.lease.Release(st)
 }
 
