@@ -14,6 +14,7 @@ import (
 	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
 	"github.com/querycop/querycop/internal/testkit"
+	"github.com/querycop/querycop/wire"
 )
 
 // cancelModes are the pool modes whose waiting requests a cancel ends:
@@ -52,6 +53,16 @@ func saturate(t *testing.T, g *gateway, n int) {
 	t.Fatalf("the pool did not fill up with %d sleeping clients", n)
 }
 
+// oneBackendGateway is a gateway in mode with a pool of one backend, whose
+// waiting clients wait a minute rather than time out during a test.
+func oneBackendGateway(t *testing.T, c *pgtest.Cluster, mode wire.PoolMode) *gateway {
+	t.Helper()
+	pcfg := testPoolConfig()
+	pcfg.Size = 1
+	pcfg.AcquireTimeout = time.Minute
+	return startPooledGateway(t, backendConfig(c, backend.TLSDisable), pcfg, fltMode(mode))
+}
+
 // queryThenCancel sends sql on c, cancels it after delay, and returns the
 // query's error (nil: it was answered).
 func queryThenCancel(t *testing.T, c *pgconn.PgConn, sql string, delay time.Duration) (string, error) {
@@ -87,10 +98,7 @@ func TestCancelWhileWaitingForBackend(t *testing.T) {
 	c := pgtest.Require(t)
 	for _, mode := range cancelModes {
 		t.Run(string(mode), func(t *testing.T) {
-			pcfg := testPoolConfig()
-			pcfg.Size = 1
-			pcfg.AcquireTimeout = time.Minute
-			g := startPooledGateway(t, backendConfig(c, backend.TLSDisable), pcfg, fltMode(mode))
+			g := oneBackendGateway(t, c, mode)
 			client := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
 			saturate(t, g, 1)
 			v, err := queryThenCancel(t, client, "select 'ran'", 10*time.Millisecond)
@@ -252,10 +260,7 @@ func TestLateCancelAfterCancelledWaitSparesTheNextQuery(t *testing.T) {
 	c := pgtest.Require(t)
 	for _, mode := range cancelModes {
 		t.Run(string(mode), func(t *testing.T) {
-			pcfg := testPoolConfig()
-			pcfg.Size = 1
-			pcfg.AcquireTimeout = time.Minute
-			g := startPooledGateway(t, backendConfig(c, backend.TLSDisable), pcfg, fltMode(mode))
+			g := oneBackendGateway(t, c, mode)
 			holder := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
 			mustQuery(t, holder, "begin") // holds the only backend
 			client := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
