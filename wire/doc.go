@@ -52,8 +52,11 @@
 // while waiting for it. Server.mu guards the cancel map and the set of live
 // sessions, read by other clients' CancelRequests and by the admin views.
 // gateMu orders a session's "forward a request" against shutdown and
-// cancels (cancelwait.go, shutdown.go). attachedLease has its own small
-// lock. In transaction mode, txSession.mu guards the attachment's
+// cancels (cancelwait.go, shutdown.go). killMu is held through a
+// shutdown's kill, so the session's own goroutine can wait for that
+// FATAL to be written before closing. attachedLease has its own small
+// lock, and holds a released backend back while a cancel to it is on its
+// way (pools.go). In transaction mode, txSession.mu guards the attachment's
 // bookkeeping shared by the client and backend sides, and is never held
 // across I/O.
 package wire
