@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -73,4 +74,32 @@ func TestCancelIfSendsNothingWhenNoLongerWanted(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the cancel connection was not closed")
 	}
+}
+
+// A server that reads the request but does not close the connection before
+// the deadline has not confirmed it: it may still act on it later, so
+// CancelIf says it was sent and returns ErrCancelUnconfirmed.
+func TestCancelIfReportsAnUnconfirmedRequest(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = io.ReadFull(c, make([]byte, 16))
+		held <- c // read, never answered: a stalled server
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	d := &Dialer{cfg: Config{Host: "127.0.0.1", Port: port, ConnectTimeout: 300 * time.Millisecond}}
+	c := &Conn{dialer: d, pid: 4242, secretKey: []byte{1, 2, 3, 4}}
+	sent, err := c.CancelIf(context.Background(), func() bool { return true })
+	if !sent || !errors.Is(err, ErrCancelUnconfirmed) {
+		t.Fatalf("CancelIf against a stalled server = %v, %v; want true, ErrCancelUnconfirmed", sent, err)
+	}
+	(<-held).Close()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"syscall"
@@ -67,6 +68,11 @@ func (c *Conn) TLS() bool { return c.tls }
 // Created is when the connection was authenticated.
 func (c *Conn) Created() time.Time { return c.created }
 
+// ErrCancelUnconfirmed is a cancel request that was sent but that the
+// server did not confirm by closing the connection in time: it may still
+// cancel whatever the backend runs later.
+var ErrCancelUnconfirmed = errors.New("cancel request sent, not confirmed by the server")
+
 // Cancel asks the server to cancel the query running on c, over a new
 // connection that follows the same TLS rules as c itself. As with libpq,
 // success only means the request was delivered.
@@ -111,9 +117,13 @@ func (c *Conn) CancelIf(ctx context.Context, wanted func() bool) (sent bool, err
 	if _, err := conn.Write(msg); err != nil {
 		return false, err
 	}
-	// The server closes the connection once it has read the request; waiting
-	// for that keeps the cancel ordered before whatever the caller does next.
-	_, _ = io.Copy(io.Discard, conn)
+	// The server closes the connection once it has acted on the request;
+	// waiting for that keeps the cancel ordered before whatever the caller
+	// does next. A request sent but not confirmed (the deadline came first)
+	// may still be acted on later: the caller must not reuse c.
+	if _, err := io.Copy(io.Discard, conn); err != nil {
+		return true, fmt.Errorf("%w: %w", ErrCancelUnconfirmed, err)
+	}
 	return true, nil
 }
 

@@ -85,7 +85,9 @@ func (ss *session) attachOnce(pl Pool, settings []startupSetting, first []byte) 
 	ss.log.Info().Bool("tls", ss.tls).Bool("backend_tls", back.TLS()).Msg("client attached")
 	reason, state := ss.relay(back.NetConn(), first)
 	ss.lease.Store(nil)
-	ss.lease.awaitCancels()
+	if !ss.lease.awaitCancels() {
+		state = pool.ReleaseState{Broken: true}
+	}
 	lease.Release(state)
 	return reason, false
 }

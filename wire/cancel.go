@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"time"
+
+	"github.com/querycop/querycop/backend"
 )
 
 // Cancel keys: each session gets a random key of the gateway's own at
@@ -78,9 +81,11 @@ func (ss *session) forwardCancel(body []byte) {
 		return counted
 	})
 	if counted {
-		target.lease.endCancel()
+		target.lease.endCancel(!errors.Is(err, backend.ErrCancelUnconfirmed))
 	}
 	switch {
+	case errors.Is(err, backend.ErrCancelUnconfirmed):
+		target.sharedLog().Warn().Err(err).Msg("cancel request not confirmed by the server in time: that backend connection will be closed, not reused")
 	case err != nil:
 		target.sharedLog().Warn().Err(err).Msg("forwarding cancel request failed")
 	case !sent:

@@ -79,12 +79,15 @@ func (a poolAdapter) Acquire(ctx context.Context) (Lease, error) {
 // go must not be lent again until every cancel sent to it has been
 // delivered: beginCancel counts one (only if the lease is still the
 // session's), endCancel uncounts it, and awaitCancels, called between
-// letting go and releasing, waits for the count to drop to zero.
+// letting go and releasing, waits for the count to drop to zero. A cancel
+// the server did not confirm in time may still act later, on anyone: the
+// backend is then closed instead of lent again.
 type attachedLease struct {
-	mu         sync.Mutex
-	l          Lease
-	cancelling int           // cancels on their way to l's backend (or the last one's)
-	delivered  chan struct{} // closed when cancelling drops to zero; nil if no one waits
+	mu          sync.Mutex
+	l           Lease
+	cancelling  int           // cancels on their way to l's backend (or the last one's)
+	delivered   chan struct{} // closed when cancelling drops to zero; nil if no one waits
+	unconfirmed bool          // a cancel was sent that the server did not confirm
 }
 
 func (a *attachedLease) Load() Lease {
@@ -111,9 +114,12 @@ func (a *attachedLease) beginCancel(l Lease) bool {
 	return true
 }
 
-func (a *attachedLease) endCancel() {
+// endCancel ends what beginCancel counted; confirmed is false for a
+// cancel that was sent but not confirmed.
+func (a *attachedLease) endCancel(confirmed bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.unconfirmed = a.unconfirmed || !confirmed
 	a.cancelling--
 	if a.cancelling == 0 && a.delivered != nil {
 		close(a.delivered)
@@ -122,18 +128,21 @@ func (a *attachedLease) endCancel() {
 }
 
 // awaitCancels waits until no cancel is on its way to the backend the
-// session just let go of. The wait is bounded by the cancels' own
-// timeouts, and is nearly always none.
-func (a *attachedLease) awaitCancels() {
+// session just let go of, and reports whether that backend may be lent
+// again (false: a cancel to it was not confirmed; close it). The wait is
+// bounded by the cancels' own timeouts, and is nearly always none.
+func (a *attachedLease) awaitCancels() (reusable bool) {
 	a.mu.Lock()
-	if a.cancelling == 0 {
+	if a.cancelling > 0 {
+		if a.delivered == nil {
+			a.delivered = make(chan struct{})
+		}
+		ch := a.delivered
 		a.mu.Unlock()
-		return
+		<-ch
+		a.mu.Lock()
 	}
-	if a.delivered == nil {
-		a.delivered = make(chan struct{})
-	}
-	ch := a.delivered
+	reusable, a.unconfirmed = !a.unconfirmed, false
 	a.mu.Unlock()
-	<-ch
+	return reusable
 }

@@ -81,7 +81,9 @@ func (tx *txSession) attach() (*attachment, error) {
 // the server said something after the transaction's last answer, which
 // leaves it in an unknown state.
 func (tx *txSession) endAttachment(att *attachment, leftover bool) {
-	tx.ss.lease.awaitCancels()
+	if !tx.ss.lease.awaitCancels() {
+		leftover = true // a cancel may still act on it: close it
+	}
 	if leftover {
 		att.lease.Release(pool.ReleaseState{Broken: true})
 	} else {
@@ -156,7 +158,9 @@ func (tx *txSession) finish(att *attachment, reason reasons.Reason) {
 	st = tx.sessionReset(att, st)
 	tx.mu.Unlock()
 	tx.ss.rc.heldNanos.Add(int64(time.Since(att.since)))
-	tx.ss.lease.awaitCancels()
+	if !tx.ss.lease.awaitCancels() {
+		st = pool.ReleaseState{Broken: true}
+	}
 	att.lease.Release(st)
 }
 
