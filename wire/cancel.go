@@ -61,7 +61,7 @@ func (ss *session) forwardCancel(body []byte) {
 		return
 	}
 	if target.cancelWaiting() {
-		target.sharedLog().Info().Msg("cancel request: the request waiting for a backend is cancelled, never sent")
+		target.log.Info().Msg("cancel request: the request waiting for a backend is cancelled, never sent")
 		return
 	}
 	lease := target.lease.Load()
@@ -85,12 +85,12 @@ func (ss *session) forwardCancel(body []byte) {
 	}
 	switch {
 	case errors.Is(err, backend.ErrCancelUnconfirmed):
-		target.sharedLog().Warn().Err(err).Msg("cancel request not confirmed by the server in time: that backend connection will be closed, not reused")
+		target.log.Warn().Err(err).Msg("cancel request not confirmed by the server in time: that backend connection will be closed, not reused")
 	case err != nil:
-		target.sharedLog().Warn().Err(err).Msg("forwarding cancel request failed")
+		target.log.Warn().Err(err).Msg("forwarding cancel request failed")
 	case !sent:
-		target.sharedLog().Debug().Msg("cancel request not forwarded: the client no longer holds that backend")
+		target.log.Debug().Msg("cancel request not forwarded: the client no longer holds that backend")
 	default:
-		target.sharedLog().Info().Msg("cancel request forwarded")
+		target.log.Info().Msg("cancel request forwarded")
 	}
 }

@@ -278,9 +278,6 @@ func (ss *session) send(resp *pgproto3.ErrorResponse) {
 	_ = ss.conn.SetWriteDeadline(time.Time{})
 }
 
-// sharedLog is the session's logger for goroutines other than its own.
-func (ss *session) sharedLog() *zerolog.Logger { return &ss.log }
-
 // logFields are a session's fields on each of its log lines, added by a
 // zerolog hook as a line is written. A prepared context (Logger.With)
 // would cost every session a 500-byte buffer, a large share of an idle

@@ -165,7 +165,7 @@ func (ss *session) kill(resp *pgproto3.ErrorResponse, reason reasons.Reason) {
 	if !ss.killed.CompareAndSwap(false, true) {
 		return
 	}
-	ss.sharedLog().Info().Str("reason", string(reason)).Msg("closing client")
+	ss.log.Info().Str("reason", string(reason)).Msg("closing client")
 	ss.gateMu.Lock()
 	if ss.waitCancel != nil {
 		ss.waitCancel() // a request waiting for a backend: it will not get one

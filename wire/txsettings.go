@@ -166,7 +166,7 @@ func (tx *txSession) pinLocked(reason pinReason) {
 	tx.ss.srv.counters.pin(reason)
 	tx.ss.srv.pinnedNow.Add(1)
 	tx.ss.setView(func(v *ClientInfo) { v.Pinned = string(reason) })
-	tx.ss.sharedLog().Info().Str("reason", string(reason)).Msg("client pinned to its backend until it disconnects")
+	tx.ss.log.Info().Str("reason", string(reason)).Msg("client pinned to its backend until it disconnects")
 }
 
 // fingerprint identifies a set of settings, so a backend whose settings
