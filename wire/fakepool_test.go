@@ -178,7 +178,8 @@ func TestShutdownAnswersWaitingRequestsWith57P01(t *testing.T) {
 	for _, mode := range fltModes {
 		t.Run(string(mode), func(t *testing.T) {
 			for i := range 20 {
-				srv, port := startStalledServer(t, &stalledPools{}, mode)
+				pools := &stalledPools{}
+				srv, port := startStalledServer(t, pools, mode)
 				client := connectStalled(t, port)
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				done := make(chan error, 1)
@@ -186,7 +187,12 @@ func TestShutdownAnswersWaitingRequestsWith57P01(t *testing.T) {
 					_, err := testkit.Query(ctx, client, "select 'ran'")
 					done <- err
 				}()
-				time.Sleep(20 * time.Millisecond) // the request waits for a backend
+				if !waitFor(t, 10*time.Second, "the request to wait for a backend", func() (bool, string) {
+					_, _, acquiring, _ := pools.counts()
+					return acquiring == 1, fmt.Sprintf("%d Acquire calls waiting", acquiring)
+				}) {
+					t.FailNow()
+				}
 				expired, expire := context.WithCancel(context.Background())
 				expire() // no grace: sessions are closed at once
 				_ = srv.Shutdown(expired)
