@@ -354,15 +354,44 @@ func (pl *Pool) verify(ctx context.Context) error {
 		return pl.timeoutError()
 	}
 	defer pl.lim.release()
-	if err := pl.createHeld(ctx); !errors.Is(err, puddle.ErrNotAvailable) {
-		return err
+	for {
+		err := pl.createHeld(ctx)
+		if !errors.Is(err, puddle.ErrNotAvailable) {
+			return err
+		}
+		// Full: an idle connection makes room for the check, so the
+		// server never sees more than the size (the slot held means one
+		// is idle, or about to be).
+		res, err := pl.res.Acquire(ctx)
+		if errors.Is(err, errAtSize) {
+			err = waitForRoom(ctx)
+		}
+		if err != nil {
+			return err
+		}
+		if res != nil {
+			pl.destroy(res, reasons.CredentialCheck)
+		}
 	}
-	// Full: check on a connection that does not stay.
-	c, err := pl.ps.dialer.Dial(ctx, pl.dialParams())
-	if err == nil {
-		c.Close()
+}
+
+// errAtSize is a dial refused because the pool already holds its size in
+// connections, counting those being opened: the caller waits for one of
+// them rather than open one more.
+var errAtSize = errors.New("pool at its size")
+
+// waitForRoom pauses before another look at a pool that was at its size:
+// the connections that filled it are on their way to being idle (held a
+// moment by the janitor, or still being opened for a client that gave up).
+func waitForRoom(ctx context.Context) error {
+	t := time.NewTimer(time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	return err
 }
 
 // create dials one connection into the pool as idle, or returns
@@ -396,6 +425,15 @@ func (pl *Pool) dialParams() backend.Params {
 }
 
 func (pl *Pool) construct(ctx context.Context) (*conn, error) {
+	// The limiter bounds leases, not connections: a connection can be
+	// idle yet out of reach (the janitor is looking at it) or still being
+	// opened for a client that gave up (puddle finishes the dial and keeps
+	// the connection), and a client finding none idle then lands here.
+	// puddle counts this connection already, so more than the size means
+	// one too many.
+	if pl.total() > pl.size() {
+		return nil, errAtSize
+	}
 	// puddle gives constructors no cancellation but Close; the dial
 	// itself is bounded by the connect timeout, and so is this wait.
 	select {
@@ -519,6 +557,14 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 	}
 	for {
 		res, err := pl.res.Acquire(ctx)
+		if errors.Is(err, errAtSize) {
+			if err = waitForRoom(ctx); err == nil && time.Now().Before(deadline) {
+				continue
+			}
+			if err == nil {
+				err = errAtSize
+			}
+		}
 		if err != nil && backend.Transient(err) && pl.total() > 0 && ctx.Err() == nil {
 			// The server is slow to take new connections but this pool has
 			// some: wait for one of them rather than fail the client.

@@ -27,12 +27,41 @@ type fakeDialer struct {
 	horizon time.Duration   // credential horizon given to new connections (0: none)
 	fail    error
 	dials   atomic.Int64
+	gate    chan struct{} // when set, a dial waits for a value from it
+	held    int           // gateway ends not yet closed
+	peak    int           // most gateway ends open at once
+}
+
+// heldConn is the gateway's end of a fake connection, counted until closed.
+type heldConn struct {
+	net.Conn
+	d    *fakeDialer
+	once sync.Once
+}
+
+func (c *heldConn) Close() error {
+	c.once.Do(func() {
+		c.d.mu.Lock()
+		c.d.held--
+		c.d.mu.Unlock()
+	})
+	return c.Conn.Close()
 }
 
 func newFakeDialer() *fakeDialer { return &fakeDialer{open: map[uint32]bool{}} }
 
 func (d *fakeDialer) Dial(ctx context.Context, p backend.Params) (*backend.Conn, error) {
 	d.dials.Add(1)
+	d.mu.Lock()
+	gate := d.gate
+	d.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	d.mu.Lock()
 	if d.fail != nil {
 		err := d.fail
@@ -42,6 +71,8 @@ func (d *fakeDialer) Dial(ctx context.Context, p backend.Params) (*backend.Conn,
 	d.pid++
 	pid := d.pid
 	d.open[pid] = true
+	d.held++
+	d.peak = max(d.peak, d.held)
 	var until time.Time
 	if d.horizon > 0 {
 		until = time.Now().Add(d.horizon)
@@ -49,7 +80,7 @@ func (d *fakeDialer) Dial(ctx context.Context, p backend.Params) (*backend.Conn,
 	d.mu.Unlock()
 	client, server := net.Pipe()
 	go d.serve(pid, server)
-	return backend.NewConn(client, pid, map[string]string{"server_version": "15"}, until), nil
+	return backend.NewConn(&heldConn{Conn: client, d: d}, pid, map[string]string{"server_version": "15"}, until), nil
 }
 
 // serve answers queries until the client terminates or closes.
@@ -77,6 +108,18 @@ func (d *fakeDialer) serve(pid uint32, c net.Conn) {
 			}
 		}
 	}
+}
+
+func (d *fakeDialer) setGate(gate chan struct{}) {
+	d.mu.Lock()
+	d.gate = gate
+	d.mu.Unlock()
+}
+
+func (d *fakeDialer) peakOpen() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.peak
 }
 
 func (d *fakeDialer) openCount() int {
@@ -337,5 +380,116 @@ func TestReleaseStates(t *testing.T) {
 		if got := pl.Stats().Closed[tc.closed]; got != before+1 {
 			t.Errorf("%s: closed for %s %d times, want %d", tc.name, tc.closed, got, before+1)
 		}
+	}
+}
+
+// A client that gives up while its connection is being opened must not
+// free room for a second dial: the first one still completes (puddle does
+// not cut a constructor short) and would join the pool beside it, one over
+// GATEKEEPER_POOL_SIZE on the server.
+func TestAbandonedDialKeepsThePoolWithinItsSize(t *testing.T) {
+	d := newFakeDialer()
+	_, pl := testPools(t, Config{Size: 2}, d) // Admit opened one connection
+	held := acquire(t, pl)
+	defer held.Release(clean)
+
+	gate := make(chan struct{})
+	d.setGate(gate)
+	ctx, cancel := context.WithCancel(context.Background())
+	abandoned := make(chan error, 1)
+	go func() {
+		_, err := pl.Acquire(ctx)
+		abandoned <- err
+	}()
+	for d.dials.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-abandoned; !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned Acquire: %v, want context.Canceled", err)
+	}
+
+	next := make(chan *Lease, 1)
+	go func() { next <- acquire(t, pl) }()
+	time.Sleep(50 * time.Millisecond) // long enough for a second dial to start
+	d.setGate(nil)
+	close(gate)
+	l := <-next
+	l.Release(clean)
+	if peak := d.peakOpen(); peak > 2 {
+		t.Errorf("%d connections open at once, GATEKEEPER_POOL_SIZE=2", peak)
+	}
+	if st := pl.Stats(); st.Total > 2 {
+		t.Errorf("pool holds %d connections, size 2", st.Total)
+	}
+}
+
+// Clients queueing for a busy pool while the janitor examines its idle
+// connections: the janitor briefly holds connections it has no slot for,
+// and a client that finds none idle must wait for them, not dial one more.
+func TestJanitorNeverLetsAClientDialPastTheSize(t *testing.T) {
+	d := newFakeDialer()
+	const size = 3
+	_, pl := testPools(t, Config{Size: size}, d)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 3000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				l, err := pl.Acquire(context.Background())
+				if err != nil {
+					t.Errorf("Acquire: %v", err)
+					return
+				}
+				l.Release(clean)
+			}
+		}()
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for i := 0; i < 20000 && time.Now().Before(deadline); i++ {
+		pl.maintain()
+	}
+	close(stop)
+	wg.Wait()
+	if peak := d.peakOpen(); peak > size {
+		t.Errorf("%d connections open at once, GATEKEEPER_POOL_SIZE=%d", peak, size)
+	}
+}
+
+// In pass-through mode a password is checked against the server again
+// once GATEKEEPER_POOL_AUTH_CACHE_TTL has passed. With the pool full, the
+// check takes an idle connection's place rather than open one beside it.
+func TestCredentialCheckOnAFullPoolStaysWithinItsSize(t *testing.T) {
+	d := newFakeDialer()
+	ps := New(Config{Size: 1, MaxConnLifetime: time.Hour, MaxConnIdleTime: time.Hour,
+		AcquireTimeout: 5 * time.Second, ResetQuery: "DISCARD ALL"}, d, false, zerolog.Nop())
+	t.Cleanup(ps.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p := backend.Params{User: "u", Database: "db", Password: "pw"}
+	for i := range 3 { // AuthCacheTTL 0: every admission is checked
+		pl, err := ps.Admit(ctx, p)
+		if err != nil {
+			t.Fatalf("Admit %d: %v", i, err)
+		}
+		l := acquire(t, pl)
+		l.Release(clean)
+		pl.Leave()
+		if got := pl.Stats().Closed["credential-check"]; got != int64(i) {
+			t.Errorf("admission %d: %d connections closed for credential-check, want %d", i, got, i)
+		}
+	}
+	if peak := d.peakOpen(); peak > 1 {
+		t.Errorf("%d connections open at once, GATEKEEPER_POOL_SIZE=1", peak)
+	}
+	if got := d.dials.Load(); got != 3 {
+		t.Errorf("%d dials for three checked admissions, want 3", got)
 	}
 }

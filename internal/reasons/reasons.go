@@ -69,6 +69,9 @@ const (
 	Pause        Reason = "pause"
 	Resize       Reason = "resize"
 	SessionState Reason = "session-state"
+	// CredentialCheck: a full pool's idle connection closed to make room
+	// for checking a client's password against the server.
+	CredentialCheck Reason = "credential-check"
 )
 
 var all = map[Reason]Info{
@@ -96,12 +99,13 @@ var all = map[Reason]Info{
 	ClientIdleTimeout:        {Disconnect, "57P05", "GATEKEEPER_CLIENT_IDLE_TIMEOUT"},
 	IdleInTransactionTimeout: {Disconnect, "25P03", "GATEKEEPER_IDLE_IN_TRANSACTION_TIMEOUT"},
 
-	Lifetime:     {ConnClose, "", "GATEKEEPER_POOL_MAX_CONN_LIFETIME"},
-	Idle:         {ConnClose, "", "GATEKEEPER_POOL_MAX_CONN_IDLE_TIME"},
-	ResetFailed:  {ConnClose, "", "GATEKEEPER_POOL_RESET_QUERY"},
-	Pause:        {ConnClose, "", ""},
-	Resize:       {ConnClose, "", "GATEKEEPER_POOL_SIZE"},
-	SessionState: {ConnClose, "", "GATEKEEPER_POOL_MODE"},
+	Lifetime:        {ConnClose, "", "GATEKEEPER_POOL_MAX_CONN_LIFETIME"},
+	Idle:            {ConnClose, "", "GATEKEEPER_POOL_MAX_CONN_IDLE_TIME"},
+	ResetFailed:     {ConnClose, "", "GATEKEEPER_POOL_RESET_QUERY"},
+	Pause:           {ConnClose, "", ""},
+	Resize:          {ConnClose, "", "GATEKEEPER_POOL_SIZE"},
+	SessionState:    {ConnClose, "", "GATEKEEPER_POOL_MODE"},
+	CredentialCheck: {ConnClose, "", "GATEKEEPER_POOL_AUTH_CACHE_TTL"},
 }
 
 // Info returns what is known of r.
