@@ -31,6 +31,9 @@ type Conn struct {
 	// credentialUseUntil is when the token this connection authenticated
 	// with stops being good for new connections; zero in pass-through mode.
 	credentialUseUntil time.Time
+	// ctlBuf is where Exec and Query read the server's answers (only the
+	// holder calls them); made on first use.
+	ctlBuf []byte
 
 	// Attachment is state a higher layer keeps with this connection across
 	// the sessions that use it (transaction pooling: the statements prepared

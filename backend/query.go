@@ -8,8 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/querycop/querycop/internal/pgframe"
 )
 
 // Query runs sql with text parameters through the extended protocol (so a
@@ -44,9 +42,9 @@ func (c *Conn) Query(ctx context.Context, sql string, args []string, maxRows int
 		return nil, 0, fmt.Errorf("sending query: %w", err)
 	}
 	var firstErr error
-	var hdr [pgframe.HeaderLen]byte
+	r := c.controlReader()
 	for {
-		typ, body, err := c.readMessage(hdr[:])
+		typ, body, err := r.next()
 		if err != nil {
 			return nil, 0, err
 		}
@@ -74,10 +72,7 @@ func (c *Conn) Query(ctx context.Context, sql string, args []string, maxRows int
 				firstErr = pgconn.ErrorResponseToPgError(&er)
 			}
 		case 'S':
-			var ps pgproto3.ParameterStatus
-			if err := ps.Decode(body); err == nil {
-				c.params[ps.Name] = ps.Value
-			}
+			c.noteParameter(body)
 		case 'Z':
 			if len(body) != 1 {
 				return nil, 0, errors.New("invalid ReadyForQuery from server")
@@ -86,6 +81,9 @@ func (c *Conn) Query(ctx context.Context, sql string, args []string, maxRows int
 				// The query left a transaction open (it is the operator's
 				// SQL); the connection is no longer in a known state.
 				return nil, 0, errors.New("the query left a transaction open")
+			}
+			if err := r.finish(); err != nil {
+				return nil, 0, err
 			}
 			if firstErr != nil {
 				return nil, 0, firstErr
