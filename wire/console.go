@@ -79,6 +79,10 @@ func (ss *session) runConsole(params backend.Params) {
 		pl.Leave()
 	}
 	_ = ss.conn.SetDeadline(time.Time{})
+	if err := ss.flushAuthFinal(); err != nil {
+		ss.log.Info().Str("reason", string(reasons.ClientGone)).Err(err).Msg("client closed during handoff")
+		return
+	}
 	ss.setView(func(v *ClientInfo) { v.State = "idle" })
 	ss.log.Info().Bool("tls", ss.tls).Msg("admin console session started")
 	reason := ss.srv.console.Serve(&consoleConn{Conn: ss.conn, mu: &ss.writeMu}, params.User, ss.log)

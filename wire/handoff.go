@@ -35,6 +35,6 @@ func (ss *session) handoff(server map[string]string, settings []startupSetting) 
 	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(buf)
 	ss.writeMu.Lock()
 	defer ss.writeMu.Unlock()
-	_, err := ss.conn.Write(buf)
+	_, err := ss.conn.Write(ss.withAuthFinal(buf))
 	return err
 }

@@ -178,9 +178,10 @@ func (ss *session) scramExchange(v *scramVerifier) (*backend.SCRAMKeys, error) {
 	}
 	serverSignature := hmacSHA256(v.serverKey, authMessage)
 	final := "v=" + base64.StdEncoding.EncodeToString(serverSignature)
-	if err := ss.writeMsg(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)}); err != nil {
-		return nil, err
-	}
+	buf, _ := (&pgproto3.AuthenticationSASLFinal{Data: []byte(final)}).Encode(nil)
+	ss.writeMu.Lock()
+	ss.authFinal = buf // sent with AuthenticationOk, or the FATAL
+	ss.writeMu.Unlock()
 	return &backend.SCRAMKeys{ClientKey: clientKey, ServerKey: v.serverKey, Salt: v.salt, Iterations: v.iterations, ChannelBound: plus}, nil
 }
 

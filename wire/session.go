@@ -46,8 +46,11 @@ type session struct {
 
 	lease   attachedLease // the attached backend, for cancel
 	writeMu sync.Mutex    // client writes: relay vs. kill
-	killMu  sync.Mutex    // held through kill, so a second caller waits for the first
-	killed  atomic.Bool
+	// authFinal is the SCRAM exchange's last message, held back (under
+	// writeMu) to go out with what follows it: see withAuthFinal.
+	authFinal []byte
+	killMu    sync.Mutex // held through kill, so a second caller waits for the first
+	killed    atomic.Bool
 
 	// Shutdown (see shutdown.go): gateMu orders the client side's "forward
 	// this request" against shutdown's "close now, between requests".
@@ -273,7 +276,7 @@ func (ss *session) send(resp *pgproto3.ErrorResponse) {
 	ss.writeMu.Lock()
 	defer ss.writeMu.Unlock()
 	_ = ss.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = ss.conn.Write(buf)
+	_, _ = ss.conn.Write(ss.withAuthFinal(buf))
 	// No deadline left behind for a later write of the same session.
 	_ = ss.conn.SetWriteDeadline(time.Time{})
 }
@@ -310,4 +313,30 @@ func remoteIP(c net.Conn) string {
 		return c.RemoteAddr().String()
 	}
 	return host
+}
+
+// withAuthFinal puts the held-back last message of a SCRAM exchange in
+// front of buf. PostgreSQL sends AuthenticationSASLFinal with what follows
+// it (AuthenticationOk and the rest of start-up, or a FATAL) rather than
+// on its own, which saves a write and a wake-up of the client per login;
+// so does the gateway. Called with writeMu held.
+func (ss *session) withAuthFinal(buf []byte) []byte {
+	if ss.authFinal == nil {
+		return buf
+	}
+	out := append(ss.authFinal, buf...)
+	ss.authFinal = nil
+	return out
+}
+
+// flushAuthFinal writes a held-back SCRAM final message on its own, for a
+// session whose start-up ends elsewhere (the admin console).
+func (ss *session) flushAuthFinal() error {
+	ss.writeMu.Lock()
+	defer ss.writeMu.Unlock()
+	if ss.authFinal == nil {
+		return nil
+	}
+	_, err := ss.conn.Write(ss.withAuthFinal(nil))
+	return err
 }

@@ -106,5 +106,5 @@ func (ss *session) failSettings(se *settingsError) {
 	ss.writeMu.Lock()
 	defer ss.writeMu.Unlock()
 	_ = ss.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = ss.conn.Write(buf)
+	_, _ = ss.conn.Write(ss.withAuthFinal(buf))
 }
