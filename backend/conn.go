@@ -34,6 +34,8 @@ type Conn struct {
 	// ctlBuf is where Exec and Query read the server's answers (only the
 	// holder calls them); made on first use.
 	ctlBuf []byte
+	// drained counts what Terminate and AwaitGone dropped.
+	drained int
 
 	// Attachment is state a higher layer keeps with this connection across
 	// the sessions that use it (transaction pooling: the statements prepared
@@ -133,9 +135,75 @@ func (c *Conn) CancelIf(ctx context.Context, wanted func() bool) (sent bool, err
 // terminate is the Terminate message: 'X' and a length of 4.
 var terminate = []byte{'X', 0, 0, 0, 4}
 
-// Close says goodbye to the server and closes the socket.
+// Close says goodbye to the server and closes the socket, without waiting
+// for the server process to end (Terminate waits).
 func (c *Conn) Close() error {
 	_ = c.netConn.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = c.netConn.Write(terminate)
 	return c.netConn.Close()
+}
+
+// Terminate ends the session and waits up to wait for the server to close
+// its end, which it does as its process exits: for a connection that was
+// running a statement, only once that statement ends, since PostgreSQL
+// reads the Terminate after it (a statement that ignores cancellation runs
+// on whether or not the socket is closed). Until then the process exists
+// and counts against max_connections, so a pool must go on counting the
+// connection. It reports whether the wait is over; otherwise the socket
+// stays open for AwaitGone.
+//
+// What the server sends meanwhile is read and dropped, up to
+// terminateDrain bytes: a server still producing results (a client that
+// queued many queries and left) is not served to the end but cut off, by
+// closing the socket, and exits at its next write. The wait is then over
+// too, as it is when the Terminate cannot be sent.
+func (c *Conn) Terminate(wait time.Duration) (over bool) {
+	_ = c.netConn.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := c.netConn.Write(terminate); err != nil {
+		c.netConn.Close()
+		return true
+	}
+	c.drained = 0
+	return c.awaitGone(time.Now().Add(wait))
+}
+
+// terminateDrain bounds what Terminate and AwaitGone read and drop.
+const terminateDrain = 64 << 10
+
+// AwaitGone goes on waiting after Terminate reported false, until the
+// server closes (or sends more than terminateDrain) or stop is closed;
+// either way the socket is then closed. gone is false when stop ended the
+// wait.
+func (c *Conn) AwaitGone(stop <-chan struct{}) (gone bool) {
+	for {
+		select {
+		case <-stop:
+			c.netConn.Close()
+			return false
+		default:
+		}
+		if c.awaitGone(time.Now().Add(time.Second)) {
+			return true
+		}
+	}
+}
+
+// awaitGone reads and drops until the server closes or has sent more
+// than terminateDrain (true; the socket is then closed) or until (false).
+func (c *Conn) awaitGone(until time.Time) bool {
+	var buf [4096]byte
+	_ = c.netConn.SetReadDeadline(until)
+	for {
+		n, err := c.netConn.Read(buf[:])
+		c.drained += n
+		if err == nil && c.drained <= terminateDrain {
+			continue
+		}
+		var ne net.Error
+		if err != nil && errors.As(err, &ne) && ne.Timeout() {
+			return false
+		}
+		c.netConn.Close()
+		return true
+	}
 }

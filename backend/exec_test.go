@@ -179,3 +179,88 @@ func TestExecReadsALongError(t *testing.T) {
 		t.Errorf("%d bytes left for the relay", len(rest))
 	}
 }
+
+// fakeServerEnd reads the gateway's messages; on Terminate it runs then.
+func fakeServerEnd(t *testing.T, server net.Conn, then func()) {
+	t.Helper()
+	go func() {
+		be := pgproto3.NewBackend(server, server)
+		for {
+			msg, err := be.Receive()
+			if err != nil {
+				return
+			}
+			if _, ok := msg.(*pgproto3.Terminate); ok {
+				then()
+				return
+			}
+		}
+	}()
+}
+
+func TestTerminateWaitsForTheServerToGo(t *testing.T) {
+	t.Run("an idle server exits", func(t *testing.T) {
+		client, server := net.Pipe()
+		c := NewConn(client, 1, map[string]string{}, time.Time{})
+		fakeServerEnd(t, server, func() { server.Close() })
+		if !c.Terminate(5 * time.Second) {
+			t.Fatal("Terminate: the wait is not over after the server closed")
+		}
+	})
+	t.Run("a busy server exits when its statement ends", func(t *testing.T) {
+		client, server := net.Pipe()
+		c := NewConn(client, 1, map[string]string{}, time.Time{})
+		statementEnds := make(chan struct{})
+		fakeServerEnd(t, server, func() { <-statementEnds; server.Close() })
+		if c.Terminate(50 * time.Millisecond) {
+			t.Fatal("Terminate: the wait is over while the server runs on")
+		}
+		gone := make(chan bool, 1)
+		go func() { gone <- c.AwaitGone(make(chan struct{})) }()
+		select {
+		case <-gone:
+			t.Fatal("AwaitGone returned while the server runs on")
+		case <-time.After(100 * time.Millisecond):
+		}
+		close(statementEnds)
+		if !<-gone {
+			t.Error("AwaitGone: not gone after the server closed")
+		}
+	})
+	t.Run("the pools close first", func(t *testing.T) {
+		client, server := net.Pipe()
+		defer server.Close()
+		c := NewConn(client, 1, map[string]string{}, time.Time{})
+		fakeServerEnd(t, server, func() { select {} })
+		if c.Terminate(10 * time.Millisecond) {
+			t.Fatal("Terminate: over while the server runs on")
+		}
+		stop := make(chan struct{})
+		close(stop)
+		if c.AwaitGone(stop) {
+			t.Error("AwaitGone after stop: reports the server gone")
+		}
+	})
+	t.Run("a server still sending results is cut off", func(t *testing.T) {
+		client, server := net.Pipe()
+		defer server.Close()
+		c := NewConn(client, 1, map[string]string{}, time.Time{})
+		go func() { _, _ = io.Copy(io.Discard, server) }() // it reads the Terminate, in its turn
+		go func() {
+			// Results of queries the client queued before it left: far more
+			// than anyone should read to see the server out.
+			chunk := make([]byte, 64<<10)
+			for range 1000 {
+				if _, err := server.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+		if !c.Terminate(time.Minute) {
+			t.Fatal("Terminate: the wait is not over")
+		}
+		if c.drained < terminateDrain || c.drained > 2*terminateDrain {
+			t.Errorf("read %d bytes of results before cutting the server off, want just over %d", c.drained, terminateDrain)
+		}
+	})
+}

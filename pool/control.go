@@ -8,7 +8,7 @@ import "time"
 // restarted or failed over. Resume undoes it.
 func (ps *Pools) Pause() {
 	ps.setPaused(true)
-	for _, pl := range ps.all() {
+	for _, pl := range ps.controlled() {
 		pl.maintain() // close what is idle now, not at the next tick
 	}
 }
@@ -19,14 +19,35 @@ func (ps *Pools) Resume() { ps.setPaused(false) }
 func (ps *Pools) setPaused(paused bool) {
 	ps.mu.Lock()
 	ps.paused = paused
-	pools := make([]*Pool, 0, len(ps.pools))
-	for _, pl := range ps.pools {
-		pools = append(pools, pl)
-	}
+	pools := ps.controlledLocked("", "")
 	ps.mu.Unlock()
 	for _, pl := range pools {
 		pl.lim.setPaused(paused)
 	}
+}
+
+// controlledLocked lists the pools of database and user (empty matches
+// every one) that pause, drain and resize act on: pending pools too, whose
+// first login is still being checked. A pool takes the size and pause
+// state in force when it is created, under ps.mu; one created earlier must
+// be reached here, or a change made while its login is checked would
+// never reach it.
+func (ps *Pools) controlledLocked(database, user string) []*Pool {
+	out := make([]*Pool, 0, len(ps.pools)+len(ps.pending))
+	for _, m := range []map[Key]*Pool{ps.pools, ps.pending} {
+		for key, pl := range m {
+			if (database == "" || key.Database == database) && (user == "" || key.User == user) {
+				out = append(out, pl)
+			}
+		}
+	}
+	return out
+}
+
+func (ps *Pools) controlled() []*Pool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.controlledLocked("", "")
 }
 
 func (ps *Pools) isPaused() bool {
@@ -44,7 +65,7 @@ func (ps *Pools) Paused() bool { return ps.isPaused() }
 func (ps *Pools) Drain() int {
 	now := time.Now().UnixNano()
 	n := 0
-	for _, pl := range ps.all() {
+	for _, pl := range ps.controlled() {
 		pl.mu.Lock()
 		for c := range pl.live {
 			if c.retireAt.Load() > now {
@@ -67,12 +88,7 @@ func (ps *Pools) Resize(database, user string, size int) int {
 	if database == "" && user == "" {
 		ps.size = size
 	}
-	var match []*Pool
-	for key, pl := range ps.pools {
-		if (database == "" || key.Database == database) && (user == "" || key.User == user) {
-			match = append(match, pl)
-		}
-	}
+	match := ps.controlledLocked(database, user)
 	ps.mu.Unlock()
 	for _, pl := range match {
 		pl.resize(size)

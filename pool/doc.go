@@ -4,7 +4,10 @@
 // on release, proactive retirement and replacement, and the statistics.
 //
 // Goroutines: one janitor for all pools (New starts it, Close stops it);
-// puddle runs constructors and destructors in goroutines of its own.
+// puddle runs constructors and destructors in goroutines of its own; and a
+// connection closed while its server process goes on (a statement that
+// ignores cancellation) is watched by a goroutine until the process exits
+// or the pools close, counted against its pool's size all that time.
 // Everything exported is safe for concurrent use; a Lease belongs to one
 // session.
 //

@@ -252,7 +252,11 @@ type Pool struct {
 	// every transaction).
 	shrunk atomic.Bool
 	usable atomic.Bool // the credential worked; the janitor may dial with it
-	stats  counters
+	// closing counts connections the pool closed whose server process has
+	// not been seen to exit (a statement that ignores cancellation runs
+	// on): they still count against the size.
+	closing atomic.Int64
+	stats   counters
 }
 
 // conn is a pooled backend connection and when it must go.
@@ -348,29 +352,39 @@ func (pl *Pool) admitLocked(ctx context.Context, p backend.Params) error {
 // within the pool's size (and not while paused): into the pool when there
 // is room for one more idle connection, else on a connection of its own.
 func (pl *Pool) verify(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, pl.ps.cfg.AcquireTimeout)
-	defer cancel()
-	if err := pl.lim.acquire(ctx); err != nil {
+	// The acquire timeout bounds the wait for room; the dial has the
+	// connect timeout of its own, whatever is left of that wait.
+	deadline := time.Now().Add(pl.ps.cfg.AcquireTimeout)
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	err := pl.lim.acquire(wctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return pl.timeoutError()
 	}
 	defer pl.lim.release()
-	for {
+	for attempt := 0; ; attempt++ {
 		err := pl.createHeld(ctx)
 		if !errors.Is(err, puddle.ErrNotAvailable) {
 			return err
 		}
 		// Full: an idle connection makes room for the check, so the
 		// server never sees more than the size (the slot held means one
-		// is idle, or about to be).
+		// is idle, about to be, or on its way out).
 		res, err := pl.res.Acquire(ctx)
-		if errors.Is(err, errAtSize) {
-			err = waitForRoom(ctx)
-		}
-		if err != nil {
-			return err
-		}
-		if res != nil {
+		switch {
+		case err == nil:
 			pl.destroy(res, reasons.CredentialCheck)
+		case !errors.Is(err, errAtSize):
+			return err
+		case !time.Now().Before(deadline):
+			return pl.timeoutError()
+		default:
+			if err := waitForRoom(ctx, attempt); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -383,8 +397,10 @@ var errAtSize = errors.New("pool at its size")
 // waitForRoom pauses before another look at a pool that was at its size:
 // the connections that filled it are on their way to being idle (held a
 // moment by the janitor, or still being opened for a client that gave up).
-func waitForRoom(ctx context.Context) error {
-	t := time.NewTimer(time.Millisecond)
+func waitForRoom(ctx context.Context, attempt int) error {
+	// From a millisecond (the janitor lets go within microseconds) up to
+	// 50 (a server process that has not exited yet may take long).
+	t := time.NewTimer(min(time.Millisecond<<min(attempt, 6), 50*time.Millisecond))
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -476,11 +492,16 @@ func (pl *Pool) construct(ctx context.Context) (*conn, error) {
 	return pc, nil
 }
 
+// destruct is puddle's destructor, for what puddle closes itself (Reset
+// after a refused credential, Close): on a goroutine of its own, where
+// waiting for the server process costs no one.
 func (pl *Pool) destruct(c *conn) {
 	pl.mu.Lock()
 	delete(pl.live, c)
 	pl.mu.Unlock()
-	c.Close()
+	if !c.Terminate(terminateWait) {
+		c.AwaitGone(pl.ps.stop)
+	}
 }
 
 // destroy closes a connection for reason, which feeds the log and stats.
@@ -493,9 +514,30 @@ func (pl *Pool) destroy(res *puddle.Resource[*conn], reason reasons.Reason) {
 	pl.stats.closed(reason)
 	c := res.Value()
 	pl.log.Debug().Uint32("backend_pid", c.PID()).Str("reason", string(reason)).Msg("backend connection closed")
-	pl.destruct(c)
+	pl.mu.Lock()
+	delete(pl.live, c)
+	pl.mu.Unlock()
+	pl.closing.Add(1) // before puddle forgets it, so the total never dips
 	res.Hijack()
+	if c.Terminate(terminateWait) {
+		pl.closing.Add(-1)
+		return
+	}
+	pl.log.Warn().Uint32("backend_pid", c.PID()).Str("reason", string(reason)).Dur("waited", terminateWait).
+		Msg("backend connection closed, but its server process is still running a statement that does not end on cancel; it counts against the pool until it exits")
+	go func() {
+		gone := c.AwaitGone(pl.ps.stop)
+		pl.closing.Add(-1)
+		if gone {
+			pl.log.Info().Uint32("backend_pid", c.PID()).Msg("backend server process exited")
+		}
+	}()
 }
+
+// terminateWait is how long a close waits for the server process to exit
+// before the wait goes on in the background: an idle backend exits at once
+// (a few milliseconds; longer when it drops many temporary tables).
+const terminateWait = 100 * time.Millisecond
 
 // StartupParams is what the server reported at start-up on this pool's
 // first connection: the ParameterStatus set a new client is given. Nil
@@ -509,8 +551,9 @@ func (pl *Pool) StartupParams() map[string]string {
 // close closes the pool, waiting for leased connections.
 func (pl *Pool) close() { pl.res.Close() }
 
-// total counts the pool's connections, idle, leased and being opened.
-func (pl *Pool) total() int { return int(pl.res.Stat().TotalResources()) }
+// total counts the pool's connections, idle, leased and being opened, and
+// those closed whose server process has not exited yet.
+func (pl *Pool) total() int { return int(pl.res.Stat().TotalResources() + int32(pl.closing.Load())) }
 
 // Leave is called once per Admit, when the client has gone.
 func (pl *Pool) Leave() {
@@ -555,10 +598,10 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 			return nil, err
 		}
 	}
-	for {
+	for attempt := 0; ; attempt++ {
 		res, err := pl.res.Acquire(ctx)
 		if errors.Is(err, errAtSize) {
-			if err = waitForRoom(ctx); err == nil && time.Now().Before(deadline) {
+			if err = waitForRoom(ctx, attempt); err == nil && time.Now().Before(deadline) {
 				continue
 			}
 			if err == nil {

@@ -30,6 +30,12 @@ type fakeDialer struct {
 	gate    chan struct{} // when set, a dial waits for a value from it
 	held    int           // gateway ends not yet closed
 	peak    int           // most gateway ends open at once
+	// linger, when set, keeps a server end that got Terminate open until
+	// it is closed: a process still running a statement that ignores
+	// cancellation.
+	linger     chan struct{}
+	serverPeak int           // most server ends open at once
+	delay      time.Duration // how long a dial takes
 }
 
 // heldConn is the gateway's end of a fake connection, counted until closed.
@@ -53,8 +59,15 @@ func newFakeDialer() *fakeDialer { return &fakeDialer{open: map[uint32]bool{}} }
 func (d *fakeDialer) Dial(ctx context.Context, p backend.Params) (*backend.Conn, error) {
 	d.dials.Add(1)
 	d.mu.Lock()
-	gate := d.gate
+	gate, delay := d.gate, d.delay
 	d.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	if gate != nil {
 		select {
 		case <-gate:
@@ -73,18 +86,26 @@ func (d *fakeDialer) Dial(ctx context.Context, p backend.Params) (*backend.Conn,
 	d.open[pid] = true
 	d.held++
 	d.peak = max(d.peak, d.held)
+	open := 0
+	for _, o := range d.open {
+		if o {
+			open++
+		}
+	}
+	d.serverPeak = max(d.serverPeak, open)
+	linger := d.linger
 	var until time.Time
 	if d.horizon > 0 {
 		until = time.Now().Add(d.horizon)
 	}
 	d.mu.Unlock()
 	client, server := net.Pipe()
-	go d.serve(pid, server)
+	go d.serve(pid, server, linger)
 	return backend.NewConn(&heldConn{Conn: client, d: d}, pid, map[string]string{"server_version": "15"}, until), nil
 }
 
 // serve answers queries until the client terminates or closes.
-func (d *fakeDialer) serve(pid uint32, c net.Conn) {
+func (d *fakeDialer) serve(pid uint32, c net.Conn, linger chan struct{}) {
 	defer func() {
 		c.Close()
 		d.mu.Lock()
@@ -99,6 +120,9 @@ func (d *fakeDialer) serve(pid uint32, c net.Conn) {
 		}
 		switch msg.(type) {
 		case *pgproto3.Terminate:
+			if linger != nil {
+				<-linger
+			}
 			return
 		case *pgproto3.Query:
 			be.Send(&pgproto3.CommandComplete{CommandTag: []byte("DISCARD ALL")})
@@ -492,4 +516,109 @@ func TestCredentialCheckOnAFullPoolStaysWithinItsSize(t *testing.T) {
 	if got := d.dials.Load(); got != 3 {
 		t.Errorf("%d dials for three checked admissions, want 3", got)
 	}
+}
+
+// A client that left in the middle of a statement that ignores the cancel:
+// PostgreSQL's process runs on until the statement ends, whatever the
+// gateway does with its socket, and still takes a connection slot on the
+// server. The pool must count it until it is gone, not open a replacement
+// beside it.
+func TestClosedConnectionCountsUntilTheServerProcessExits(t *testing.T) {
+	d := newFakeDialer()
+	linger := make(chan struct{})
+	var stopLinger sync.Once
+	defer stopLinger.Do(func() { close(linger) })
+	d.linger = linger
+	_, pl := testPools(t, Config{Size: 1, AcquireTimeout: 300 * time.Millisecond}, d)
+	l := acquire(t, pl) // the connection Admit opened
+	l.Release(ReleaseState{Clean: false, TxStatus: 'I'})
+	if l, err := pl.Acquire(context.Background()); !errors.As(err, new(*AcquireTimeoutError)) {
+		if err == nil {
+			l.Release(clean)
+		}
+		t.Fatalf("Acquire while the closed connection's server process runs: %v, want an AcquireTimeoutError", err)
+	}
+	d.mu.Lock()
+	d.linger = nil
+	d.mu.Unlock()
+	stopLinger.Do(func() { close(linger) })
+	l = acquire(t, pl)
+	l.Release(clean)
+	d.mu.Lock()
+	peak := d.serverPeak
+	d.mu.Unlock()
+	if peak > 1 {
+		t.Errorf("%d server processes at once, GATEKEEPER_POOL_SIZE=1", peak)
+	}
+}
+
+// A resize or pause made while a pool's first login is being checked
+// reaches that pool too.
+func TestControlReachesAPoolWhoseFirstLoginIsBeingChecked(t *testing.T) {
+	d := newFakeDialer()
+	gate := make(chan struct{})
+	d.setGate(gate)
+	ps := New(Config{Size: 3, MaxConnLifetime: time.Hour, MaxConnIdleTime: time.Hour,
+		AcquireTimeout: 200 * time.Millisecond, ResetQuery: "DISCARD ALL"}, d, true, zerolog.Nop())
+	t.Cleanup(ps.Close)
+	admitted := make(chan *Pool, 1)
+	go func() {
+		pl, err := ps.Admit(context.Background(), backend.Params{User: "u", Database: "db"})
+		if err != nil {
+			t.Errorf("Admit: %v", err)
+		}
+		admitted <- pl
+	}()
+	for d.dials.Load() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	if n := ps.Resize("db", "u", 1); n != 1 {
+		t.Errorf("Resize during the first login changed %d pools, want 1", n)
+	}
+	ps.Pause()
+	d.setGate(nil)
+	close(gate)
+	pl := <-admitted
+	if pl == nil {
+		t.FailNow()
+	}
+	defer pl.Leave()
+	if st := pl.Stats(); st.Size != 1 {
+		t.Errorf("size %d after a resize to 1 during the first login", st.Size)
+	}
+	if l, err := pl.Acquire(context.Background()); !errors.As(err, new(*PausedError)) {
+		if err == nil {
+			l.Release(clean)
+		}
+		t.Errorf("Acquire after a pause during the first login: %v, want a PausedError", err)
+	}
+}
+
+// A password check that got room near the end of its acquire wait still
+// has the connect timeout for its dial: the wait bounds waiting, not the
+// login, and the client must not get a dial timeout from a healthy server.
+func TestCredentialCheckDialIsNotCutByTheAcquireWait(t *testing.T) {
+	d := newFakeDialer()
+	ps := New(Config{Size: 1, MaxConnLifetime: time.Hour, MaxConnIdleTime: time.Hour,
+		AcquireTimeout: 300 * time.Millisecond, ResetQuery: "DISCARD ALL"}, d, false, zerolog.Nop())
+	t.Cleanup(ps.Close)
+	p := backend.Params{User: "u", Database: "db", Password: "pw"}
+	pl, err := ps.Admit(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Leave()
+	l := acquire(t, pl)
+	d.mu.Lock()
+	d.delay = 200 * time.Millisecond
+	d.mu.Unlock()
+	go func() {
+		time.Sleep(200 * time.Millisecond) // room comes 100 ms before the wait ends
+		l.Release(clean)
+	}()
+	pl2, err := ps.Admit(context.Background(), p) // AuthCacheTTL 0: checked again
+	if err != nil {
+		t.Fatalf("Admit whose check got room late: %v", err)
+	}
+	pl2.Leave()
 }

@@ -1125,3 +1125,62 @@ func TestMaxPools(t *testing.T) {
 		t.Errorf("%d pools, want 1", n)
 	}
 }
+
+// A client that leaves in the middle of a statement that ignores the
+// cancel: PostgreSQL's process runs the statement to its end whatever
+// the gateway does with its socket. Until it exits it holds a server
+// connection of the role, so the pool must not open another beside it:
+// the next client waits for it. (Before, the pool replaced it at once,
+// and an authenticated client could fill max_connections through a pool
+// of one.)
+func TestPoolCountsABackendUntilItsProcessExits(t *testing.T) {
+	c := pgtest.Require(t)
+	obs := observer(t, c)
+	for _, mode := range fltModes {
+		t.Run(string(mode), func(t *testing.T) {
+			g := oneBackendGateway(t, c, mode)
+			stubborn := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			// About 1.5 s of sleeps that swallow cancellation.
+			const stubbornSQL = `do $$ declare t timestamptz := clock_timestamp(); begin
+				while clock_timestamp() < t + interval '1500 ms' loop
+					begin perform pg_sleep(0.05); exception when query_canceled then null; end;
+				end loop; end $$`
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			go func() { _ = stubborn.Exec(ctx, stubbornSQL).Close() }()
+			time.Sleep(200 * time.Millisecond)
+			_ = stubborn.Conn().Close() // gone mid-statement, no Terminate
+
+			var peak atomic.Int64
+			stop := make(chan struct{})
+			polled := make(chan struct{})
+			go func() {
+				defer close(polled)
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+					if n, err := backendCount(ctx, obs, pgtest.UserSCRAM); err == nil && int64(n) > peak.Load() {
+						peak.Store(int64(n))
+					}
+				}
+			}()
+			next := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			start := time.Now()
+			if v, err := testkit.Query(ctx, next, "select 'served'"); err != nil || v != "served" {
+				t.Errorf("the next client: %q, %v", v, err)
+			}
+			waited := time.Since(start)
+			close(stop)
+			<-polled
+			if p := peak.Load(); p > 1 {
+				t.Errorf("%d server connections of the role at once, GATEKEEPER_POOL_SIZE=1", p)
+			}
+			if waited < 500*time.Millisecond {
+				t.Errorf("the next client was served after %s, before the stubborn statement could have ended", waited)
+			}
+		})
+	}
+}
