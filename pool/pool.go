@@ -349,8 +349,8 @@ func (pl *Pool) admitLocked(ctx context.Context, p backend.Params) error {
 }
 
 // verify authenticates against the server with the pool's credential,
-// within the pool's size (and not while paused): into the pool when there
-// is room for one more idle connection, else on a connection of its own.
+// within the pool's size (and not while paused): a new connection into
+// the pool, in place of an idle one when the pool is full.
 func (pl *Pool) verify(ctx context.Context) error {
 	// The acquire timeout bounds the wait for room; the dial has the
 	// connect timeout of its own, whatever is left of that wait.
@@ -506,10 +506,12 @@ func (pl *Pool) destruct(c *conn) {
 
 // destroy closes a connection for reason, which feeds the log and stats.
 //
-// The connection is closed before puddle forgets it, on the caller's
-// goroutine (puddle's own Destroy closes it later, on another): the pool's
-// size counts it until the server has seen it go, and a lease's limiter
-// slot is only freed after that, so a replacement never coexists with it.
+// The pool goes on counting the connection until the server process
+// behind it has exited (closing), so a replacement never coexists with it
+// on the server: at once for an idle backend, which exits within
+// terminateWait on the caller's goroutine (puddle's own Destroy would
+// close it later, on another, without waiting), in the background for one
+// still running a statement.
 func (pl *Pool) destroy(res *puddle.Resource[*conn], reason reasons.Reason) {
 	pl.stats.closed(reason)
 	c := res.Value()
@@ -524,7 +526,7 @@ func (pl *Pool) destroy(res *puddle.Resource[*conn], reason reasons.Reason) {
 		return
 	}
 	pl.log.Warn().Uint32("backend_pid", c.PID()).Str("reason", string(reason)).Dur("waited", terminateWait).
-		Msg("backend connection closed, but its server process is still running a statement that does not end on cancel; it counts against the pool until it exits")
+		Msg("backend connection closed, but its server process has not exited (a statement that does not end on cancel, or a slow exit); it counts against the pool until it does")
 	go func() {
 		gone := c.AwaitGone(pl.ps.stop)
 		pl.closing.Add(-1)
