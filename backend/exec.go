@@ -133,8 +133,8 @@ func (r *controlReader) fill() error {
 			return nil
 		}
 		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
+			if err == io.EOF && kept > 0 {
+				err = io.ErrUnexpectedEOF // as io.ReadFull: a message cut short
 			}
 			return fmt.Errorf("reading response: %w", err)
 		}
