@@ -49,3 +49,29 @@ func (c *Conn) peek(fd uintptr) bool {
 	c.peekAlive = errno == syscall.EAGAIN || errno == syscall.EWOULDBLOCK
 	return true
 }
+
+// closeWrite ends what the gateway sends with a TCP FIN, under TLS too, so
+// the server sees the end of its input whatever state the stream is in: a
+// write the relay cut short leaves it inside a message, where a Terminate
+// would be read as the rest of that message, and a timed-out write leaves
+// crypto/tls unable to send anything. False where the socket cannot be
+// reached.
+func (c *Conn) closeWrite() bool {
+	raw := c.netConn
+	if tc, ok := raw.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	sc, ok := raw.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.Shutdown(int(fd), syscall.SHUT_WR) }); err != nil {
+		return false
+	}
+	return serr == nil
+}

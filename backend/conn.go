@@ -34,8 +34,9 @@ type Conn struct {
 	// ctlBuf is where Exec and Query read the server's answers (only the
 	// holder calls them); made on first use.
 	ctlBuf []byte
-	// drained counts what Terminate and AwaitGone dropped.
-	drained int
+	// drained counts what Terminate and AwaitGone dropped since watchSince.
+	drained    int
+	watchSince time.Time
 
 	// Attachment is state a higher layer keeps with this connection across
 	// the sessions that use it (transaction pooling: the statements prepared
@@ -159,21 +160,29 @@ func (c *Conn) Close() error {
 // too, as it is when the Terminate cannot be sent.
 func (c *Conn) Terminate(wait time.Duration) (over bool) {
 	_ = c.netConn.SetWriteDeadline(time.Now().Add(time.Second))
-	if _, err := c.netConn.Write(terminate); err != nil {
-		c.netConn.Close()
+	_, werr := c.netConn.Write(terminate)
+	// Then the end of input, which every server ends on, including one
+	// whose stream a cut write left inside a message.
+	if !c.closeWrite() && werr != nil {
+		c.netConn.Close() // the server's cue to go, which cannot be watched
 		return true
 	}
 	c.drained = 0
+	c.watchSince = time.Now()
 	return c.awaitGone(time.Now().Add(wait))
 }
+
+// terminateWatchMax bounds the whole wait for a server process to exit: a
+// safety net (a process that runs on past it is no longer counted).
+const terminateWatchMax = 10 * time.Minute
 
 // terminateDrain bounds what Terminate and AwaitGone read and drop.
 const terminateDrain = 64 << 10
 
 // AwaitGone goes on waiting after Terminate reported false, until the
-// server closes (or sends more than terminateDrain) or stop is closed;
-// either way the socket is then closed. gone is false when stop ended the
-// wait.
+// server closes (or sends more than terminateDrain), stop is closed or
+// terminateWatchMax has passed; the socket is then closed. gone is false
+// when stop or terminateWatchMax ended the wait.
 func (c *Conn) AwaitGone(stop <-chan struct{}) (gone bool) {
 	for {
 		select {
@@ -181,6 +190,10 @@ func (c *Conn) AwaitGone(stop <-chan struct{}) (gone bool) {
 			c.netConn.Close()
 			return false
 		default:
+		}
+		if time.Since(c.watchSince) > terminateWatchMax {
+			c.netConn.Close()
+			return false
 		}
 		if c.awaitGone(time.Now().Add(time.Second)) {
 			return true

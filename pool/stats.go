@@ -163,7 +163,7 @@ func (pl *Pool) Stats() Stats {
 	now := time.Now()
 	pl.mu.Lock()
 	st := pl.res.Stat()
-	s.Total = int(st.TotalResources())
+	s.Total = int(st.TotalResources()) + int(pl.closing.Load()) // as the server counts them
 	s.Idle = int(st.IdleResources())
 	s.InUse = int(st.AcquiredResources())
 	s.Constructing = int(st.ConstructingResources())

@@ -1184,3 +1184,42 @@ func TestPoolCountsABackendUntilItsProcessExits(t *testing.T) {
 		})
 	}
 }
+
+// The same, when the client also queued megabytes of queries behind the
+// statement: the gateway's write of them to the busy server is cut short
+// when the client leaves, leaving the stream inside a message, where a
+// Terminate would only be read as more of that message and the server
+// would wait for the rest for ever (the pool held its place for ever: every
+// later client got 53300). The pool must be usable again once the
+// statement ends.
+func TestPoolRecoversFromABackendLeftMidMessage(t *testing.T) {
+	c := pgtest.Require(t)
+	for _, mode := range fltModes {
+		t.Run(string(mode), func(t *testing.T) {
+			g := oneBackendGateway(t, c, mode)
+			a := rawGateway(t, g)
+			stubborn, _ := txQuery(`do $$ declare t timestamptz := clock_timestamp(); begin
+				while clock_timestamp() < t + interval '1500 ms' loop
+					begin perform pg_sleep(0.05); exception when query_canceled then null; end;
+				end loop; end $$`).Encode(nil)
+			filler, _ := txQuery("select 1 /* " + strings.Repeat("x", 64<<10) + " */").Encode(nil)
+			_ = a.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := a.conn.Write(stubborn); err != nil {
+				t.Fatal(err)
+			}
+			for range 128 { // 8 MiB: more than the sockets on the way hold
+				if _, err := a.conn.Write(filler); err != nil {
+					break
+				}
+			}
+			a.conn.Close()
+
+			next := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if v, err := testkit.Query(ctx, next, "select 'served'"); err != nil || v != "served" {
+				t.Errorf("the next client, once the stubborn statement could end: %q, %v", v, err)
+			}
+		})
+	}
+}
