@@ -5,6 +5,7 @@ package backend
 import (
 	"crypto/tls"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -70,8 +71,17 @@ func (c *Conn) closeWrite() bool {
 		return false
 	}
 	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = syscall.Shutdown(int(fd), syscall.SHUT_WR) }); err != nil {
+	if err := rc.Control(func(fd uintptr) {
+		// Watching for the process to go must not outlast an unreachable
+		// server: it would hold the pool's place through a failover.
+		giveUpUnacked(fd, int(unreachableAfter/time.Millisecond))
+		serr = syscall.Shutdown(int(fd), syscall.SHUT_WR)
+	}); err != nil {
 		return false
 	}
 	return serr == nil
 }
+
+// unreachableAfter is how long the Terminate and FIN may go unacknowledged
+// before the server counts as unreachable and the watch ends.
+const unreachableAfter = 5 * time.Second
