@@ -4,6 +4,7 @@ package backend
 
 import (
 	"crypto/tls"
+	"errors"
 	"syscall"
 	"time"
 	"unsafe"
@@ -15,26 +16,47 @@ import (
 // peeks at the socket itself: a read deadline in the past would make Go
 // return before looking at the socket at all.
 func (c *Conn) Alive() bool {
+	rc, err := c.socket()
+	if errors.Is(err, errNoSocket) {
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	if c.peekFn == nil {
+		// Made once per connection: on every acquire (every transaction
+		// in transaction mode) it would allocate each time.
+		c.peekFn = c.peek
+	}
+	c.peekAlive = false
+	err = rc.Read(c.peekFn)
+	return err == nil && c.peekAlive
+}
+
+// errNoSocket is a connection with no operating-system socket under it
+// (the fakes of other packages' tests).
+var errNoSocket = errors.New("no socket under this connection")
+
+// socket is the TCP socket under the connection (and under TLS), looked
+// up once per connection: Alive runs on every acquire.
+func (c *Conn) socket() (syscall.RawConn, error) {
+	if c.rawConn != nil {
+		return c.rawConn, nil
+	}
 	raw := c.netConn
 	if tc, ok := raw.(*tls.Conn); ok {
 		raw = tc.NetConn()
 	}
 	sc, ok := raw.(syscall.Conn)
 	if !ok {
-		return true
+		return nil, errNoSocket
 	}
-	// Made once per connection: on every acquire (every transaction in
-	// transaction mode) they would allocate each time.
-	if c.rawConn == nil {
-		rc, err := sc.SyscallConn()
-		if err != nil {
-			return false
-		}
-		c.rawConn, c.peekFn = rc, c.peek
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
 	}
-	c.peekAlive = false
-	err := c.rawConn.Read(c.peekFn)
-	return err == nil && c.peekAlive
+	c.rawConn = rc
+	return rc, nil
 }
 
 // peek is Alive's RawConn.Read callback.
@@ -58,15 +80,7 @@ func (c *Conn) peek(fd uintptr) bool {
 // crypto/tls unable to send anything. False where the socket cannot be
 // reached.
 func (c *Conn) closeWrite() bool {
-	raw := c.netConn
-	if tc, ok := raw.(*tls.Conn); ok {
-		raw = tc.NetConn()
-	}
-	sc, ok := raw.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := c.socket()
 	if err != nil {
 		return false
 	}

@@ -24,7 +24,7 @@ type Conn struct {
 	tls       bool
 	created   time.Time
 	dialer    *Dialer
-	// For Alive, which only the connection's holder calls.
+	// For Alive and closeWrite, which only the connection's holder calls.
 	rawConn   syscall.RawConn
 	peekFn    func(fd uintptr) bool
 	peekAlive bool
