@@ -39,6 +39,8 @@ var targetOrder = []struct{ id, name string }{
 	{"qc-session-tls", "Querycop session TLS"},
 	{"pgb-tx-tls", "PgBouncer tx TLS"},
 	{"qc-tx-tls", "Querycop tx TLS"},
+	{"floor-pair", "Go floor goroutines"},
+	{"floor-loop", "Go floor epoll"},
 }
 
 // Ratio columns, Querycop over the other target, each shown when both of its
@@ -49,6 +51,8 @@ var ratioCols = []struct{ num, den, name string }{
 	{"qc-tx", "pgb-tx", "QC/PgB tx"},
 	{"qc-session-tls", "pgb-session-tls", "QC/PgB session TLS"},
 	{"qc-tx-tls", "pgb-tx-tls", "QC/PgB tx TLS"},
+	{"floor-pair", "pgb-session", "floor goroutines/PgB session"},
+	{"floor-loop", "pgb-session", "floor epoll/PgB session"},
 }
 
 // procsTarget reports N for "qc-session-pN": a Querycop in session mode run

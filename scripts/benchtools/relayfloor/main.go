@@ -1,0 +1,300 @@
+//go:build linux
+
+// Command relayfloor is the least a PostgreSQL relay written in Go can cost
+// on a machine: the benchmark runs it beside PgBouncer and Querycop
+// (BENCH_TARGETS=floor-pair or floor-loop) to tell how much of Querycop's CPU
+// per transaction is its own work and how much any Go relay pays.
+//
+// It does nothing a pooler must do beyond passing bytes and walking the
+// message headers: no authentication (the start-up goes through to the
+// server), no pooling (one server connection per client), no statistics, no
+// timeouts. Two designs of the copy loop:
+//
+//	-mode pair  two goroutines per client, each reading one socket and writing
+//	            the other: the design of Querycop's session relay.
+//	-mode loop  one event loop per GOMAXPROCS: level-triggered epoll over
+//	            every relayed socket, readiness before reading (no read that
+//	            returns EAGAIN), the epoll descriptor itself parked on Go's
+//	            network poller, so the loop never blocks a thread: the design
+//	            PgBouncer has, written in Go.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/querycop/querycop/internal/pgframe"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:0", "address to accept clients on")
+	target := flag.String("target", "", "PostgreSQL address, host:port")
+	mode := flag.String("mode", "pair", "pair or loop")
+	flag.Parse()
+	if *target == "" || (*mode != "pair" && *mode != "loop") {
+		fmt.Fprintln(os.Stderr, "usage: relayfloor -target host:port [-listen addr] [-mode pair|loop]")
+		os.Exit(2)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relayfloor:", err)
+		os.Exit(1)
+	}
+	var loops []*loop
+	if *mode == "loop" {
+		for range runtime.GOMAXPROCS(0) {
+			l, err := newLoop()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "relayfloor:", err)
+				os.Exit(1)
+			}
+			loops = append(loops, l)
+		}
+	}
+	for n := 0; ; n++ {
+		client, err := ln.Accept()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "relayfloor:", err)
+			os.Exit(1)
+		}
+		server, err := net.Dial("tcp", *target)
+		if err != nil {
+			_ = client.Close()
+			continue
+		}
+		if loops == nil {
+			go pump(client, server, true)
+			go pump(server, client, false)
+			continue
+		}
+		if err := loops[n%len(loops)].add(client.(*net.TCPConn), server.(*net.TCPConn)); err != nil {
+			_ = client.Close()
+			_ = server.Close()
+		}
+	}
+}
+
+// framer walks message headers, as every pooler must to know where a
+// request ends; the start-up packet (no type byte) is skipped whole.
+type framer struct {
+	hdr     [pgframe.HeaderLen]byte
+	hdrLen  int
+	need    int
+	startup bool
+}
+
+func (f *framer) feed(p []byte) {
+	if f.startup {
+		f.startup = false
+		return
+	}
+	for i := 0; i < len(p); {
+		if f.need > 0 {
+			n := min(f.need, len(p)-i)
+			f.need -= n
+			i += n
+			continue
+		}
+		n := copy(f.hdr[f.hdrLen:], p[i:])
+		f.hdrLen += n
+		i += n
+		if f.hdrLen < len(f.hdr) {
+			return
+		}
+		f.hdrLen = 0
+		f.need = max(pgframe.Len(f.hdr[:]), 0)
+	}
+}
+
+var bufs = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+
+func pump(src, dst net.Conn, fromClient bool) {
+	bp := bufs.Get().(*[]byte)
+	defer bufs.Put(bp)
+	f := framer{startup: fromClient}
+	for {
+		n, err := src.Read(*bp)
+		if n > 0 {
+			f.feed((*bp)[:n])
+			if _, werr := dst.Write((*bp)[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	_ = src.Close()
+	_ = dst.Close()
+}
+
+// side is one socket of a relayed pair, in a loop.
+type side struct {
+	conn    *net.TCPConn
+	fd      int
+	peer    *side
+	f       framer
+	pending []byte // read from this side, not yet written to the peer
+}
+
+type loop struct {
+	epfd  int
+	poll  syscall.RawConn // the epoll descriptor on Go's network poller
+	mu    sync.Mutex      // sides: add runs on the accepting goroutine
+	sides map[int32]*side
+}
+
+func newLoop() (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	// Non-blocking, so that os.NewFile puts it on the network poller: an
+	// epoll descriptor is readable while it has events.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		return nil, err
+	}
+	rc, err := os.NewFile(uintptr(epfd), "epoll").SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	l := &loop{epfd: epfd, poll: rc, sides: map[int32]*side{}}
+	go l.run()
+	return l, nil
+}
+
+func fdOf(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var fd int
+	err = rc.Control(func(x uintptr) { fd = int(x) })
+	return fd, err
+}
+
+func (l *loop) add(client, server *net.TCPConn) error {
+	cfd, err := fdOf(client)
+	if err != nil {
+		return err
+	}
+	sfd, err := fdOf(server)
+	if err != nil {
+		return err
+	}
+	c := &side{conn: client, fd: cfd, f: framer{startup: true}}
+	s := &side{conn: server, fd: sfd}
+	c.peer, s.peer = s, c
+	l.mu.Lock()
+	l.sides[int32(cfd)], l.sides[int32(sfd)] = c, s
+	l.mu.Unlock()
+	return errors.Join(l.ctl(unix.EPOLL_CTL_ADD, c), l.ctl(unix.EPOLL_CTL_ADD, s))
+}
+
+// ctl registers what s waits for: to read when its last read is all
+// written (back-pressure: a peer that does not read stops this side), to
+// write when the peer's last read is not.
+func (l *loop) ctl(op int, s *side) error {
+	var ev uint32
+	if len(s.pending) == 0 {
+		ev |= unix.EPOLLIN
+	}
+	if len(s.peer.pending) > 0 {
+		ev |= unix.EPOLLOUT
+	}
+	return unix.EpollCtl(l.epfd, op, s.fd, &unix.EpollEvent{Events: ev, Fd: int32(s.fd)})
+}
+
+func (l *loop) run() {
+	events := make([]unix.EpollEvent, 256)
+	buf := make([]byte, 32*1024)
+	for {
+		var n int
+		var werr error
+		// The network poller calls this first, and again each time the
+		// epoll descriptor turns readable: the loop parks only when a
+		// non-blocking wait found nothing.
+		err := l.poll.Read(func(uintptr) bool {
+			n, werr = unix.EpollWait(l.epfd, events, 0)
+			return n > 0 || (werr != nil && werr != unix.EINTR)
+		})
+		if err != nil || werr != nil {
+			fmt.Fprintln(os.Stderr, "relayfloor: epoll:", errors.Join(err, werr))
+			os.Exit(1)
+		}
+		for _, ev := range events[:n] {
+			l.mu.Lock()
+			s := l.sides[ev.Fd]
+			l.mu.Unlock()
+			if s == nil {
+				continue
+			}
+			if ev.Events&(unix.EPOLLOUT|unix.EPOLLERR) != 0 && len(s.peer.pending) > 0 {
+				if !l.flush(s.peer) {
+					continue
+				}
+			}
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && len(s.pending) == 0 {
+				l.forward(s, buf)
+			}
+		}
+	}
+}
+
+// forward reads what s has and writes it to the peer, keeping what the
+// peer did not take.
+func (l *loop) forward(s *side, buf []byte) {
+	r, err := unix.Read(s.fd, buf)
+	if err == unix.EAGAIN || err == unix.EINTR {
+		return
+	}
+	if r <= 0 {
+		l.close(s)
+		return
+	}
+	s.f.feed(buf[:r])
+	w, err := unix.Write(s.peer.fd, buf[:r])
+	if err != nil && err != unix.EAGAIN {
+		l.close(s)
+		return
+	}
+	w = max(w, 0)
+	if w < r {
+		s.pending = append(s.pending[:0], buf[w:r]...)
+		_ = l.ctl(unix.EPOLL_CTL_MOD, s)
+		_ = l.ctl(unix.EPOLL_CTL_MOD, s.peer)
+	}
+}
+
+// flush writes what s read earlier to its peer; false if the pair closed.
+func (l *loop) flush(s *side) bool {
+	w, err := unix.Write(s.peer.fd, s.pending)
+	if err != nil && err != unix.EAGAIN {
+		l.close(s)
+		return false
+	}
+	s.pending = s.pending[max(w, 0):]
+	if len(s.pending) == 0 {
+		_ = l.ctl(unix.EPOLL_CTL_MOD, s)
+		_ = l.ctl(unix.EPOLL_CTL_MOD, s.peer)
+	}
+	return true
+}
+
+func (l *loop) close(s *side) {
+	for _, x := range []*side{s, s.peer} {
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, x.fd, nil)
+		l.mu.Lock()
+		delete(l.sides, int32(x.fd))
+		l.mu.Unlock()
+		_ = x.conn.Close()
+	}
+}
