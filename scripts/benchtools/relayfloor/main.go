@@ -11,12 +11,14 @@
 // timeouts. Two designs of the copy loop:
 //
 //	-mode pair  two goroutines per client, each reading one socket and writing
-//	            the other: the design of Querycop's session relay.
+//	            the other: the design of Querycop's session relay, with its
+//	            raw reads and writes (internal/sockio).
 //	-mode loop  one event loop per GOMAXPROCS: level-triggered epoll over
 //	            every relayed socket, readiness before reading (no read that
 //	            returns EAGAIN), the epoll descriptor itself parked on Go's
 //	            network poller, so the loop never blocks a thread: the design
-//	            PgBouncer has, written in Go.
+//	            PgBouncer has, written in Go. Its reads, writes and epoll
+//	            waits never block, so they are raw system calls too.
 package main
 
 import (
@@ -28,10 +30,12 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/querycop/querycop/internal/pgframe"
+	"github.com/querycop/querycop/internal/sockio"
 )
 
 func main() {
@@ -71,6 +75,7 @@ func main() {
 			continue
 		}
 		if loops == nil {
+			client, server = sockio.Wrap(client), sockio.Wrap(server)
 			go pump(client, server, true)
 			go pump(server, client, false)
 			continue
@@ -223,7 +228,7 @@ func (l *loop) run() {
 		// epoll descriptor turns readable: the loop parks only when a
 		// non-blocking wait found nothing.
 		err := l.poll.Read(func(uintptr) bool {
-			n, werr = unix.EpollWait(l.epfd, events, 0)
+			n, werr = epollWaitNow(l.epfd, events)
 			return n > 0 || (werr != nil && werr != unix.EINTR)
 		})
 		if err != nil || werr != nil {
@@ -252,7 +257,7 @@ func (l *loop) run() {
 // forward reads what s has and writes it to the peer, keeping what the
 // peer did not take.
 func (l *loop) forward(s *side, buf []byte) {
-	r, err := unix.Read(s.fd, buf)
+	r, err := rawIO(unix.SYS_READ, s.fd, buf)
 	if err == unix.EAGAIN || err == unix.EINTR {
 		return
 	}
@@ -261,12 +266,11 @@ func (l *loop) forward(s *side, buf []byte) {
 		return
 	}
 	s.f.feed(buf[:r])
-	w, err := unix.Write(s.peer.fd, buf[:r])
+	w, err := rawIO(unix.SYS_WRITE, s.peer.fd, buf[:r])
 	if err != nil && err != unix.EAGAIN {
 		l.close(s)
 		return
 	}
-	w = max(w, 0)
 	if w < r {
 		s.pending = append(s.pending[:0], buf[w:r]...)
 		_ = l.ctl(unix.EPOLL_CTL_MOD, s)
@@ -276,12 +280,12 @@ func (l *loop) forward(s *side, buf []byte) {
 
 // flush writes what s read earlier to its peer; false if the pair closed.
 func (l *loop) flush(s *side) bool {
-	w, err := unix.Write(s.peer.fd, s.pending)
+	w, err := rawIO(unix.SYS_WRITE, s.peer.fd, s.pending)
 	if err != nil && err != unix.EAGAIN {
 		l.close(s)
 		return false
 	}
-	s.pending = s.pending[max(w, 0):]
+	s.pending = s.pending[w:]
 	if len(s.pending) == 0 {
 		_ = l.ctl(unix.EPOLL_CTL_MOD, s)
 		_ = l.ctl(unix.EPOLL_CTL_MOD, s.peer)
@@ -297,4 +301,29 @@ func (l *loop) close(s *side) {
 		l.mu.Unlock()
 		_ = x.conn.Close()
 	}
+}
+
+// rawIO reads or writes a non-blocking socket as a raw system call, which
+// cannot block, so the goroutine keeps its P (as internal/sockio does);
+// the count is 0 on error.
+func rawIO(trap uintptr, fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// epollWaitNow collects ready events without waiting (timeout 0), as a raw
+// system call for the same reason.
+func epollWaitNow(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
+		uintptr(len(events)), 0, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
