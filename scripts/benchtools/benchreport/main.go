@@ -43,14 +43,15 @@ var targetOrder = []struct{ id, name string }{
 	{"floor-loop", "Go floor epoll"},
 }
 
-// Ratio columns, Querycop over the other target, each shown when both of its
-// targets ran. The pairs without direct are also the CPU table's ratios.
+// Ratio columns, the first target over the second, each shown when both
+// ran. The pairs without direct are also the CPU table's ratios.
 var ratioCols = []struct{ num, den, name string }{
 	{"qc-session", "pgb-session", "QC/PgB session"},
 	{"qc-session", "direct", "QC session/direct"},
 	{"qc-tx", "pgb-tx", "QC/PgB tx"},
 	{"qc-session-tls", "pgb-session-tls", "QC/PgB session TLS"},
 	{"qc-tx-tls", "pgb-tx-tls", "QC/PgB tx TLS"},
+	{"qc-session", "floor-pair", "QC session/floor goroutines"},
 	{"floor-pair", "pgb-session", "floor goroutines/PgB session"},
 	{"floor-loop", "pgb-session", "floor epoll/PgB session"},
 }

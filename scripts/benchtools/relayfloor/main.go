@@ -19,6 +19,11 @@
 //	            network poller, so the loop never blocks a thread: the design
 //	            PgBouncer has, written in Go. Its reads, writes and epoll
 //	            waits never block, so they are raw system calls too.
+//
+// What it assumes of its clients, as the benchmark's pgbench and psql run
+// (PGSSLMODE=disable): the first thing a client sends is its start-up
+// message (an SSLRequest would be walked as a typed message), and neither
+// side half-closes (the end of either stream closes both).
 package main
 
 import (
@@ -30,6 +35,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -66,24 +72,38 @@ func main() {
 	for n := 0; ; n++ {
 		client, err := ln.Accept()
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "relayfloor:", err)
-			os.Exit(1)
-		}
-		server, err := net.Dial("tcp", *target)
-		if err != nil {
-			_ = client.Close()
+			// Out of descriptors, say: the clients already relayed go on.
+			fmt.Fprintln(os.Stderr, "relayfloor: accept:", err)
+			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		if loops == nil {
-			client, server = sockio.Wrap(client), sockio.Wrap(server)
-			go pump(client, server, true)
-			go pump(server, client, false)
-			continue
+		var l *loop
+		if loops != nil {
+			l = loops[n%len(loops)]
 		}
-		if err := loops[n%len(loops)].add(client.(*net.TCPConn), server.(*net.TCPConn)); err != nil {
-			_ = client.Close()
-			_ = server.Close()
-		}
+		// Dialled apart from the accept loop, so a slow server does not
+		// hold the clients behind this one.
+		go relay(client, *target, l)
+	}
+}
+
+func relay(client net.Conn, target string, l *loop) {
+	server, err := net.DialTimeout("tcp", target, 5*time.Second)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relayfloor: dial:", err)
+		_ = client.Close()
+		return
+	}
+	if l == nil {
+		client, server = sockio.Wrap(client), sockio.Wrap(server)
+		go pump(client, server, true)
+		pump(server, client, false)
+		return
+	}
+	if err := l.add(client.(*net.TCPConn), server.(*net.TCPConn)); err != nil {
+		fmt.Fprintln(os.Stderr, "relayfloor: epoll:", err)
+		_ = client.Close()
+		_ = server.Close()
 	}
 }
 
@@ -151,9 +171,12 @@ type side struct {
 }
 
 type loop struct {
-	epfd  int
-	poll  syscall.RawConn // the epoll descriptor on Go's network poller
-	mu    sync.Mutex      // sides: add runs on the accepting goroutine
+	epfd int
+	poll syscall.RawConn // the epoll descriptor on Go's network poller
+	// mu is held by the loop while it handles a batch of events and by add
+	// while it registers a pair (on a dialling goroutine), so that the two
+	// never see a side half-updated.
+	mu    sync.Mutex
 	sides map[int32]*side
 }
 
@@ -199,9 +222,20 @@ func (l *loop) add(client, server *net.TCPConn) error {
 	s := &side{conn: server, fd: sfd}
 	c.peer, s.peer = s, c
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.sides[int32(cfd)], l.sides[int32(sfd)] = c, s
-	l.mu.Unlock()
-	return errors.Join(l.ctl(unix.EPOLL_CTL_ADD, c), l.ctl(unix.EPOLL_CTL_ADD, s))
+	// Nothing is pending yet: both wait to read. The server first, so the
+	// client's first bytes always have somewhere to go.
+	for _, x := range []*side{s, c} {
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, x.fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(x.fd)}); err != nil {
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+			delete(l.sides, int32(cfd))
+			delete(l.sides, int32(sfd))
+			return err // the caller closes both
+		}
+	}
+	return nil
 }
 
 // ctl registers what s waits for: to read when its last read is all
@@ -229,28 +263,35 @@ func (l *loop) run() {
 		// non-blocking wait found nothing.
 		err := l.poll.Read(func(uintptr) bool {
 			n, werr = epollWaitNow(l.epfd, events)
-			return n > 0 || (werr != nil && werr != unix.EINTR)
+			return n > 0 || werr != nil
 		})
 		if err != nil || werr != nil {
 			fmt.Fprintln(os.Stderr, "relayfloor: epoll:", errors.Join(err, werr))
 			os.Exit(1)
 		}
+		l.mu.Lock()
 		for _, ev := range events[:n] {
-			l.mu.Lock()
 			s := l.sides[ev.Fd]
-			l.mu.Unlock()
 			if s == nil {
-				continue
+				continue // closed earlier in this batch
 			}
 			if ev.Events&(unix.EPOLLOUT|unix.EPOLLERR) != 0 && len(s.peer.pending) > 0 {
 				if !l.flush(s.peer) {
 					continue
 				}
 			}
-			if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && len(s.pending) == 0 {
+			switch {
+			case ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) == 0:
+			case len(s.pending) == 0:
 				l.forward(s, buf)
+			case ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0:
+				// Gone while what it sent waits for its peer to read: epoll
+				// reports a hang-up whatever was asked, so leaving it would
+				// make every wait return at once.
+				l.close(s)
 			}
 		}
+		l.mu.Unlock()
 	}
 }
 
@@ -258,7 +299,7 @@ func (l *loop) run() {
 // peer did not take.
 func (l *loop) forward(s *side, buf []byte) {
 	r, err := rawIO(unix.SYS_READ, s.fd, buf)
-	if err == unix.EAGAIN || err == unix.EINTR {
+	if err == unix.EAGAIN {
 		return
 	}
 	if r <= 0 {
@@ -296,34 +337,44 @@ func (l *loop) flush(s *side) bool {
 func (l *loop) close(s *side) {
 	for _, x := range []*side{s, s.peer} {
 		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, x.fd, nil)
-		l.mu.Lock()
-		delete(l.sides, int32(x.fd))
-		l.mu.Unlock()
+		delete(l.sides, int32(x.fd)) // l.mu is held by the loop
 		_ = x.conn.Close()
 	}
 }
 
 // rawIO reads or writes a non-blocking socket as a raw system call, which
 // cannot block, so the goroutine keeps its P (as internal/sockio does);
-// the count is 0 on error.
+// the count is 0 on error, and an interrupted call is made again.
 func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if errno != 0 {
-		return 0, errno
+	for {
+		n, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch errno {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		default:
+			return 0, errno
+		}
 	}
-	return int(n), nil
 }
 
 // epollWaitNow collects ready events without waiting (timeout 0), as a raw
 // system call for the same reason.
 func epollWaitNow(epfd int, events []unix.EpollEvent) (int, error) {
-	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), 0, 0, 0)
-	if errno != 0 {
-		return 0, errno
+	for {
+		n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
+			uintptr(len(events)), 0, 0, 0)
+		switch errno {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		default:
+			return 0, errno
+		}
 	}
-	return int(n), nil
 }
