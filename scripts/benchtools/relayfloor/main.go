@@ -342,37 +342,29 @@ func (l *loop) close(s *side) {
 	}
 }
 
-// rawIO reads or writes a non-blocking socket as a raw system call, which
-// cannot block, so the goroutine keeps its P (as internal/sockio does);
-// the count is 0 on error, and an interrupted call is made again.
+// rawIO reads or writes a non-blocking socket; the count is 0 on error.
 func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	for {
-		n, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch errno {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		default:
-			return 0, errno
-		}
-	}
+	return rawCall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), 0)
 }
 
-// epollWaitNow collects ready events without waiting (timeout 0), as a raw
-// system call for the same reason.
+// epollWaitNow collects ready events without waiting (timeout 0).
 func epollWaitNow(epfd int, events []unix.EpollEvent) (int, error) {
+	return rawCall(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0)
+}
+
+// rawCall makes a system call that cannot block (the descriptors are
+// non-blocking, the wait has no timeout) as a raw call, so the goroutine
+// keeps its P, as internal/sockio does; an interrupted call is made again.
+func rawCall(trap, a1, a2, a3, a4 uintptr) (int, error) {
 	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
-			uintptr(len(events)), 0, 0, 0)
+		n, _, errno := unix.RawSyscall6(trap, a1, a2, a3, a4, 0, 0)
 		switch errno {
 		case 0:
 			return int(n), nil
 		case unix.EINTR:
-			continue
 		default:
 			return 0, errno
 		}
