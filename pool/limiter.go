@@ -48,22 +48,32 @@ func (l *limiter) acquire(ctx context.Context) error {
 	ready := make(chan struct{})
 	l.waiters = append(l.waiters, waiter{ready: ready, since: time.Now()})
 	l.mu.Unlock()
-	select {
-	case <-ready:
-		return nil
-	case <-ctx.Done():
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for i, w := range l.waiters {
-			if w.ready == ready {
-				l.waiters = append(l.waiters[:i], l.waiters[i+1:]...)
-				return ctx.Err()
+	var tick <-chan time.Time
+	if check := waitCheckOf(ctx); check != nil {
+		t := time.NewTicker(waitCheckEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ready:
+			return nil
+		case <-tick:
+			runWaitCheck(ctx) // may end ctx: the next round sees it
+		case <-ctx.Done():
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			for i, w := range l.waiters {
+				if w.ready == ready {
+					l.waiters = append(l.waiters[:i], l.waiters[i+1:]...)
+					return ctx.Err()
+				}
 			}
+			// Granted just as ctx ended: hand the slot on.
+			l.held--
+			l.wakeLocked()
+			return ctx.Err()
 		}
-		// Granted just as ctx ended: hand the slot on.
-		l.held--
-		l.wakeLocked()
-		return ctx.Err()
 	}
 }
 

@@ -601,6 +601,12 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		}
 	}
 	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if runWaitCheck(ctx); ctx.Err() != nil {
+				pl.lim.release()
+				return nil, ctx.Err()
+			}
+		}
 		res, err := pl.res.Acquire(ctx)
 		if errors.Is(err, errAtSize) {
 			if err = waitForRoom(ctx, attempt); err == nil && time.Now().Before(deadline) {

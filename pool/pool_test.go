@@ -374,8 +374,11 @@ func TestMinIdleAndIdleTimeout(t *testing.T) {
 	}
 	time.Sleep(150 * time.Millisecond)
 	pl.maintain()
-	if st := settled(pl, func(st Stats) bool { return st.Total == 2 }); st.Total != 2 || st.Closed["idle"] != 2 {
-		t.Errorf("after the idle time: total %d closed %v, want 2 kept and 2 closed for idle", st.Total, st.Closed)
+	// The background janitor may examine the pool at the same moment and
+	// close one more, which the minimum then opens again: at least two
+	// closed for idle, two left.
+	if st := settled(pl, func(st Stats) bool { return st.Total == 2 }); st.Total != 2 || st.Closed["idle"] < 2 {
+		t.Errorf("after the idle time: total %d closed %v, want 2 kept and at least 2 closed for idle", st.Total, st.Closed)
 	}
 }
 
@@ -621,4 +624,39 @@ func TestCredentialCheckDialIsNotCutByTheAcquireWait(t *testing.T) {
 		t.Fatalf("Admit whose check got room late: %v", err)
 	}
 	pl2.Leave()
+}
+
+// The wait check runs while a client waits for a full pool, never when a
+// connection is free at once, and ends the wait when it ends the context:
+// the client leaves the queue and the pool is not counted as timed out.
+func TestWaitCheckEndsTheWaitOfAFullPool(t *testing.T) {
+	_, pl := testPools(t, Config{Size: 1, AcquireTimeout: 10 * time.Second}, newFakeDialer())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var checks atomic.Int32
+	checked := WithWaitCheck(ctx, func() {
+		if checks.Add(1) == 2 {
+			cancel()
+		}
+	})
+	held, err := pl.Acquire(checked)
+	if err != nil {
+		t.Fatalf("Acquire on a free pool: %v", err)
+	}
+	if n := checks.Load(); n != 0 {
+		t.Errorf("an acquire that did not wait was checked %d times", n)
+	}
+	start := time.Now()
+	if _, err := pl.Acquire(checked); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Acquire on a full pool whose check ended the wait: %v, want context.Canceled", err)
+	}
+	if n, took := checks.Load(), time.Since(start); n != 2 || took < waitCheckEvery {
+		t.Errorf("the wait ended after %d checks and %s, want after the second check", n, took)
+	}
+	if st := pl.Stats(); st.Waiting != 0 || st.AcquireTimeouts != 0 {
+		t.Errorf("after the check ended the wait: %d waiting, %d acquire timeouts; want none", st.Waiting, st.AcquireTimeouts)
+	}
+	held.Release(clean)
+	// The slot the departed waiter left is free for the next client.
+	acquire(t, pl).Release(clean)
 }

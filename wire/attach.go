@@ -42,7 +42,11 @@ func (ss *session) attach(pl Pool, settings []startupSetting, first []byte) reas
 // request reached the backend (nothing was sent).
 func (ss *session) attachOnce(pl Pool, settings []startupSetting, first []byte) (reason reasons.Reason, cancelled bool) {
 	ctx := ss.waitForBackend()
+	start := time.Now()
 	lease, err := pl.Acquire(ctx)
+	if ss.leftWhileWaiting(start, lease) {
+		return reasons.ClientGone, false
+	}
 	if err != nil {
 		if ss.backendReady(nil) {
 			return "", true

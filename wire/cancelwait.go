@@ -10,6 +10,7 @@ import (
 
 	"github.com/querycop/querycop/internal/pgframe"
 	"github.com/querycop/querycop/internal/reasons"
+	"github.com/querycop/querycop/pool"
 )
 
 // Cancels that come before a request reaches a backend.
@@ -44,7 +45,11 @@ func (ss *session) waitForBackend() context.Context {
 	// transaction mode there is a wait per transaction, and a new context
 	// each time would cost its allocations and a lock on the server's.
 	if ss.waitCtx == nil || ss.waitCtx.Err() != nil {
-		ss.waitCtx, ss.waitCtxCancel = context.WithCancel(ss.srv.ctx)
+		if ss.checkLeftFn == nil {
+			ss.checkLeftFn = ss.checkLeft
+		}
+		ctx, cancel := context.WithCancel(ss.srv.ctx)
+		ss.waitCtx, ss.waitCtxCancel = pool.WithWaitCheck(ctx, ss.checkLeftFn), cancel
 	}
 	ss.waitCancel, ss.cancelReq = ss.waitCtxCancel, false
 	if !ss.earlyCancel.IsZero() && time.Since(ss.earlyCancel) < earlyCancelWindow {
@@ -124,6 +129,49 @@ func (ss *session) cancelWaiting() bool {
 	}
 	ss.cancelReq = true
 	ss.waitCancel()
+	return true
+}
+
+// A client that closes its connection while its request waits for a
+// backend has nothing sent for it: the pool's wait checks it every 100 ms
+// (checkLeft), and once more when the wait ended late (leftWhileWaiting),
+// so a request whose client gave up never runs later, on a backend someone
+// else could have had. PgBouncer drops such a client from its queue too.
+
+// leftCheckAfter is how long an acquire must have taken to be checked for
+// a departed client when it ends: longer than any acquire that found an
+// idle backend, shorter than a wait or a dial.
+const leftCheckAfter = 100 * time.Microsecond
+
+// checkLeft is the pool's wait check: it ends the wait if the client has
+// closed its connection. It runs on the session's goroutine, inside
+// Acquire.
+func (ss *session) checkLeft() {
+	if !clientClosed(ss.conn) {
+		return
+	}
+	ss.gateMu.Lock()
+	defer ss.gateMu.Unlock()
+	ss.clientLeft = true
+	if ss.waitCancel != nil {
+		ss.waitCancel()
+	}
+}
+
+// leftWhileWaiting reports whether the client closed its connection while
+// its request waited for a backend since start; lease (nil: the wait
+// failed) then goes back untouched and the wait is over.
+func (ss *session) leftWhileWaiting(start time.Time, lease Lease) bool {
+	ss.gateMu.Lock()
+	left := ss.clientLeft
+	ss.gateMu.Unlock()
+	if !left && (time.Since(start) < leftCheckAfter || !clientClosed(ss.conn)) {
+		return false
+	}
+	ss.backendReady(nil)
+	if lease != nil {
+		lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
+	}
 	return true
 }
 

@@ -69,6 +69,8 @@ type session struct {
 	hadRequest    bool      // a request was forwarded to a backend, or answered as cancelled
 	earlyCancel   time.Time // a CancelRequest that may have overtaken its request
 	reqRead       bool      // a request was read and has no backend yet
+	clientLeft    bool      // the client closed its connection during the wait
+	checkLeftFn   func()    // checkLeft, bound once for the pool's wait checks
 	// readFirst's (client goroutine only): conn's RawConn, its callback
 	// bound once, and the read it makes.
 	rawConn     syscall.RawConn

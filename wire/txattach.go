@@ -28,6 +28,9 @@ func (tx *txSession) attach() (*attachment, error) {
 	}
 	start := time.Now()
 	lease, err := tx.pl.Acquire(ss.waitForBackend())
+	if ss.leftWhileWaiting(start, lease) {
+		return nil, errClientLeft
+	}
 	if err != nil {
 		if ss.backendReady(nil) {
 			return nil, errCancelled
@@ -98,6 +101,10 @@ func (tx *txSession) endAttachment(att *attachment, leftover bool) {
 	tx.ss.endTx()
 }
 
+// errClientLeft is a request whose client closed its connection while it
+// waited for a backend: nothing was sent.
+var errClientLeft = errors.New("client left while waiting for a backend")
+
 // settingsError is a client setting the server refused when it was applied
 // on a borrowed backend.
 type settingsError struct{ err *pgconn.PgError }
@@ -116,6 +123,9 @@ func (tx *txSession) failAttach(err error) reasons.Reason {
 	var bw *backendWriteError
 	if errors.As(err, &bw) {
 		return reasons.BackendGone
+	}
+	if errors.Is(err, errClientLeft) {
+		return reasons.ClientGone // nobody to tell
 	}
 	if errors.Is(err, errShuttingDown) || tx.ss.cutByShutdown() {
 		return reasons.Shutdown // the client gets 57P01 from shutdown
