@@ -162,10 +162,15 @@ func (ss *session) checkLeft() {
 // its request waited for a backend since start; lease (nil: the wait
 // failed) then goes back untouched and the wait is over.
 func (ss *session) leftWhileWaiting(start time.Time, lease Lease) bool {
+	if time.Since(start) < leftCheckAfter {
+		// No wait check ran (the first comes after 100 ms), and this is
+		// every transaction's path in transaction mode: no lock, no call.
+		return false
+	}
 	ss.gateMu.Lock()
 	left := ss.clientLeft
 	ss.gateMu.Unlock()
-	if !left && (time.Since(start) < leftCheckAfter || !clientClosed(ss.conn)) {
+	if !left && !clientClosed(ss.conn) {
 		return false
 	}
 	ss.backendReady(nil)
