@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/querycop/querycop/internal/reasons"
@@ -72,24 +73,30 @@ func (pl *Pool) maintain() {
 
 	var retiring []*puddle.Resource[*conn]
 	total := int(cur.Stat().TotalResources())
+	// The connections closed here wait for their server processes side by
+	// side: each may take terminateWait (a silent server), and one after
+	// another a pause of a large pool would hold the janitor, which keeps
+	// every pool, for that many times over.
+	var closing sync.WaitGroup
+	closeIdle := func(res *puddle.Resource[*conn], reason reasons.Reason) {
+		c := pl.startClose(res, reason) // counted before its slot goes back
+		closing.Go(func() { pl.awaitClose(c, reason) })
+		total--
+	}
 	for _, res := range idle {
 		c := res.Value()
 		switch {
 		case paused:
-			pl.destroy(res, reasons.Pause)
-			total--
+			closeIdle(res, reasons.Pause)
 		case total > size:
-			pl.destroy(res, reasons.Resize) // shrunk: idle ones go first
-			total--
+			closeIdle(res, reasons.Resize) // shrunk: idle ones go first
 		case c.retired(horizon):
 			retiring = append(retiring, res)
 			continue
 		case res.IdleDuration() > cfg.MaxConnIdleTime && total > cfg.MinIdle:
-			pl.destroy(res, reasons.Idle)
-			total--
+			closeIdle(res, reasons.Idle)
 		case !c.Alive():
-			pl.destroy(res, reasons.BackendGone)
-			total--
+			closeIdle(res, reasons.BackendGone)
 		default:
 			// Back at once: while the janitor holds a connection, clients
 			// wait for it.
@@ -97,6 +104,7 @@ func (pl *Pool) maintain() {
 		}
 		done()
 	}
+	closing.Wait()
 	for _, res := range retiring {
 		// Replace only connections that were in use lately; an idle pool
 		// shrinks through the idle timeout instead.

@@ -513,6 +513,12 @@ func (pl *Pool) destruct(c *conn) {
 // close it later, on another, without waiting), in the background for one
 // still running a statement.
 func (pl *Pool) destroy(res *puddle.Resource[*conn], reason reasons.Reason) {
+	pl.awaitClose(pl.startClose(res, reason), reason)
+}
+
+// startClose is destroy's first half: the connection leaves puddle and is
+// counted as closing. What follows it may run on another goroutine.
+func (pl *Pool) startClose(res *puddle.Resource[*conn], reason reasons.Reason) *conn {
 	pl.stats.closed(reason)
 	c := res.Value()
 	pl.log.Debug().Uint32("backend_pid", c.PID()).Str("reason", string(reason)).Msg("backend connection closed")
@@ -521,6 +527,12 @@ func (pl *Pool) destroy(res *puddle.Resource[*conn], reason reasons.Reason) {
 	pl.mu.Unlock()
 	pl.closing.Add(1) // before puddle forgets it, so the total never dips
 	res.Hijack()
+	return c
+}
+
+// awaitClose is destroy's second half: the close itself, and the wait for
+// the server process to exit.
+func (pl *Pool) awaitClose(c *conn, reason reasons.Reason) {
 	if c.Terminate(terminateWait) {
 		pl.closing.Add(-1)
 		return

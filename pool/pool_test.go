@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,6 +37,7 @@ type fakeDialer struct {
 	linger     chan struct{}
 	serverPeak int           // most server ends open at once
 	delay      time.Duration // how long a dial takes
+	terminated []time.Time   // when each Terminate arrived
 }
 
 // heldConn is the gateway's end of a fake connection, counted until closed.
@@ -120,6 +122,9 @@ func (d *fakeDialer) serve(pid uint32, c net.Conn, linger chan struct{}) {
 		}
 		switch msg.(type) {
 		case *pgproto3.Terminate:
+			d.mu.Lock()
+			d.terminated = append(d.terminated, time.Now())
+			d.mu.Unlock()
 			if linger != nil {
 				<-linger
 			}
@@ -659,4 +664,45 @@ func TestWaitCheckEndsTheWaitOfAFullPool(t *testing.T) {
 	held.Release(clean)
 	// The slot the departed waiter left is free for the next client.
 	acquire(t, pl).Release(clean)
+}
+
+// Idle connections the janitor closes together wait for their server
+// processes side by side: pausing a pool of twenty whose server does not
+// let its processes go costs one terminateWait, not twenty in a row (the
+// janitor keeps every pool, and would be held that long).
+func TestJanitorClosesIdleConnectionsSideBySide(t *testing.T) {
+	d := newFakeDialer()
+	linger := make(chan struct{})
+	defer close(linger)
+	d.linger = linger // Terminate is not followed by an exit
+	ps, pl := testPools(t, Config{Size: 20}, d)
+	var leases []*Lease
+	for range 20 {
+		leases = append(leases, acquire(t, pl))
+	}
+	for _, l := range leases {
+		l.Release(clean)
+	}
+	ps.Pause()
+	defer ps.Resume()
+	st := settled(pl, func(st Stats) bool { return st.Closed["pause"] == 20 })
+	if st.Closed["pause"] != 20 {
+		t.Fatalf("closed for the pause: %v, want all 20", st.Closed)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for len(d.terminated) < 20 && time.Now().Before(deadline) {
+		d.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		d.mu.Lock()
+	}
+	if len(d.terminated) != 20 {
+		t.Fatalf("%d Terminates reached the server, want 20", len(d.terminated))
+	}
+	// One after another, each would wait terminateWait before the next.
+	first, last := slices.MinFunc(d.terminated, time.Time.Compare), slices.MaxFunc(d.terminated, time.Time.Compare)
+	if spread := last.Sub(first); spread >= 10*terminateWait {
+		t.Errorf("the 20 Terminates were spread over %s: closed one after another (each waits up to %s)", spread, terminateWait)
+	}
 }
