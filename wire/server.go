@@ -32,6 +32,11 @@ type Server struct {
 	ctx      context.Context // cancelled by Close: ends every session
 	cancel   context.CancelFunc
 	sessions sync.WaitGroup
+	// acceptMu orders Serve's sessions.Add against Shutdown's Wait: a
+	// client accepted just as the listener closed is either counted
+	// before the Wait starts or not served.
+	acceptMu      sync.Mutex
+	stopAccepting bool
 
 	mu       sync.Mutex
 	byKey    map[cancelKey]*session
@@ -148,11 +153,18 @@ func (s *Server) Serve() error {
 			continue
 		}
 		backoff = 0
+		s.acceptMu.Lock()
+		if s.stopAccepting {
+			s.acceptMu.Unlock()
+			conn.Close()
+			return nil
+		}
+		s.sessions.Add(1)
+		s.acceptMu.Unlock()
 		// Go's accepted TCP connections already have TCP_NODELAY and
 		// keep-alives on (net.Listen's defaults): setting them again cost
 		// two system calls per client.
 		ss := s.newSession(sockio.Wrap(conn))
-		s.sessions.Add(1)
 		go func() {
 			defer s.sessions.Done()
 			ss.run()
@@ -166,6 +178,9 @@ func (s *Server) Serve() error {
 // (see shutdown.go). It returns at most ShutdownBound after ctx is done.
 func (s *Server) Shutdown(ctx context.Context) error {
 	defer s.closeAuthQuery()
+	s.acceptMu.Lock()
+	s.stopAccepting = true
+	s.acceptMu.Unlock()
 	if s.ln != nil {
 		s.ln.Close()
 	}
