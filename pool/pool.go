@@ -611,9 +611,16 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 			}
 			return nil, err
 		}
+		// The caller's client may have gone since the last check.
+		if runWaitCheck(ctx); ctx.Err() != nil {
+			pl.lim.release()
+			return nil, ctx.Err()
+		}
 	}
+	waited := false // the last round waited before trying again
 	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
+		if waited {
+			waited = false
 			if runWaitCheck(ctx); ctx.Err() != nil {
 				pl.lim.release()
 				return nil, ctx.Err()
@@ -622,6 +629,7 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		res, err := pl.res.Acquire(ctx)
 		if errors.Is(err, errAtSize) {
 			if err = waitForRoom(ctx, attempt); err == nil && time.Now().Before(deadline) {
+				waited = true
 				continue
 			}
 			if err == nil {
@@ -635,6 +643,7 @@ func (pl *Pool) Acquire(ctx context.Context) (*Lease, error) {
 				t := time.NewTimer(min(wait, 50*time.Millisecond))
 				select {
 				case <-t.C:
+					waited = true
 					continue
 				case <-ctx.Done():
 					t.Stop()

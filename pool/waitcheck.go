@@ -13,16 +13,18 @@ import (
 // caller waits and never on the fast path.
 
 // waitCheckEvery is how often a waiting Acquire calls the caller's check.
-// The caller checks once more when the wait ends, so this bounds only how
-// long a departed client keeps its place in the queue.
+// It checks once more when the wait ends, so this bounds only how long a
+// departed client keeps its place in the queue.
 const waitCheckEvery = 100 * time.Millisecond
 
 type waitCheckKey struct{}
 
-// WithWaitCheck returns ctx carrying check, which Acquire calls every
-// waitCheckEvery while it waits for a full or paused pool, and between
-// its retries. check ends the wait by ending ctx (e.g. when the client the
-// wait is for has gone); Acquire then returns ctx's error.
+// WithWaitCheck returns ctx carrying check, which Acquire calls when it
+// cannot take a connection at once: every waitCheckEvery while it waits
+// for a full or paused pool, once when that wait ends, and between its
+// retries. check ends the wait by ending ctx (e.g. when the client the
+// wait is for has gone); Acquire then returns ctx's error. An Acquire that
+// finds a connection at once never calls it.
 func WithWaitCheck(ctx context.Context, check func()) context.Context {
 	return context.WithValue(ctx, waitCheckKey{}, check)
 }

@@ -42,9 +42,8 @@ func (ss *session) attach(pl Pool, settings []startupSetting, first []byte) reas
 // request reached the backend (nothing was sent).
 func (ss *session) attachOnce(pl Pool, settings []startupSetting, first []byte) (reason reasons.Reason, cancelled bool) {
 	ctx := ss.waitForBackend()
-	start := time.Now()
 	lease, err := pl.Acquire(ctx)
-	if ss.leftWhileWaiting(start, lease) {
+	if ss.leftWhileWaiting(lease) {
 		return reasons.ClientGone, false
 	}
 	if err != nil {

@@ -133,15 +133,13 @@ func (ss *session) cancelWaiting() bool {
 }
 
 // A client that closes its connection while its request waits for a
-// backend has nothing sent for it: the pool's wait checks it every 100 ms
-// (checkLeft), and once more when the wait ended late (leftWhileWaiting),
-// so a request whose client gave up never runs later, on a backend someone
-// else could have had. PgBouncer drops such a client from its queue too.
-
-// leftCheckAfter is how long an acquire must have taken to be checked for
-// a departed client when it ends: longer than any acquire that found an
-// idle backend, shorter than a wait or a dial.
-const leftCheckAfter = 100 * time.Microsecond
+// backend has nothing sent for it: the pool calls checkLeft every 100 ms
+// of the wait and once more when it ends, so a request whose client gave
+// up never runs later, on a backend someone else could have had.
+// PgBouncer drops such a client from its queue too. A request that finds
+// a backend at once is not checked, as a direct connection would have run
+// it: a client may send a request and close without waiting for the
+// answer.
 
 // checkLeft is the pool's wait check: it ends the wait if the client has
 // closed its connection. It runs on the session's goroutine, inside
@@ -150,27 +148,20 @@ func (ss *session) checkLeft() {
 	if !clientClosed(ss.conn) {
 		return
 	}
+	ss.clientLeft.Store(true)
 	ss.gateMu.Lock()
 	defer ss.gateMu.Unlock()
-	ss.clientLeft = true
 	if ss.waitCancel != nil {
 		ss.waitCancel()
 	}
 }
 
-// leftWhileWaiting reports whether the client closed its connection while
-// its request waited for a backend since start; lease (nil: the wait
-// failed) then goes back untouched and the wait is over.
-func (ss *session) leftWhileWaiting(start time.Time, lease Lease) bool {
-	if time.Since(start) < leftCheckAfter {
-		// No wait check ran (the first comes after 100 ms), and this is
-		// every transaction's path in transaction mode: no lock, no call.
-		return false
-	}
-	ss.gateMu.Lock()
-	left := ss.clientLeft
-	ss.gateMu.Unlock()
-	if !left && !clientClosed(ss.conn) {
+// leftWhileWaiting reports whether checkLeft found the client gone during
+// the wait that returned lease (nil: the wait failed); lease then goes
+// back untouched and the wait is over. On every transaction's path in
+// transaction mode: one atomic load.
+func (ss *session) leftWhileWaiting(lease Lease) bool {
+	if !ss.clientLeft.Load() {
 		return false
 	}
 	ss.backendReady(nil)

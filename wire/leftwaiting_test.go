@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/querycop/querycop/backend"
 	"github.com/querycop/querycop/internal/pgtest"
 	"github.com/querycop/querycop/internal/testkit"
 )
@@ -100,5 +101,99 @@ func TestRequestOfClientThatLeftWhileWaitingNeverRuns(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A request that did not have to queue is sent even when its client
+// closes right after sending it without waiting for the answer (libpq's
+// PQsendQuery then PQfinish), as a direct connection would run it: here
+// the pool has room but no idle connection, so the request waits for a
+// dial, which is not a queue.
+func TestRequestSentThenClosedWithoutQueueingRuns(t *testing.T) {
+	c := pgtest.Require(t)
+	direct := directConnect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := testkit.Query(ctx, direct, "drop table if exists sent_then_closed; create table sent_then_closed (who text)"); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range fltModes {
+		t.Run(string(mode), func(t *testing.T) {
+			pcfg := testPoolConfig()
+			pcfg.Size = 2
+			g := startPooledGateway(t, backendConfig(c, backend.TLSDisable), pcfg, fltMode(mode))
+			sender := rawGateway(t, g)
+			holder := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			if _, err := testkit.Query(ctx, holder, "begin; select 1"); err != nil {
+				t.Fatal(err)
+			}
+			if !waitFor(t, 5*time.Second, "no idle connection, room for one more", func() (bool, string) {
+				st, _ := userStats(g, pgtest.UserSCRAM)
+				return st.Idle == 0 && st.Total == 1, fmt.Sprintf("%d idle of %d", st.Idle, st.Total)
+			}) {
+				return
+			}
+			who := string(mode)
+			sender.fe.Send(&pgproto3.Query{String: fmt.Sprintf("insert into sent_then_closed values ('%s')", who)})
+			sender.fe.Send(&pgproto3.Terminate{})
+			if err := sender.fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			sender.conn.Close()
+			waitFor(t, 10*time.Second, "the request to run", func() (bool, string) {
+				n, err := testkit.Query(ctx, direct, fmt.Sprintf("select count(*) from sent_then_closed where who = '%s'", who))
+				return n == "1", fmt.Sprintf("%s rows, %v", n, err)
+			})
+		})
+	}
+}
+
+// A login whose start-up settings must be checked on a backend, and which
+// waits for one of a full pool, leaves the queue when its client gives up
+// (a psql killed while it connects): nothing is asked of the server for it.
+func TestLoginThatLeftWhileItsSettingsWaitedLeavesTheQueue(t *testing.T) {
+	c := pgtest.Require(t)
+	for _, mode := range fltModes {
+		t.Run(string(mode), func(t *testing.T) {
+			g := oneBackendGateway(t, c, mode)
+			holder := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if _, err := testkit.Query(ctx, holder, "begin; select 1"); err != nil {
+				t.Fatal(err)
+			}
+			conn, err := net.DialTimeout("tcp", g.addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fe := pgproto3.NewFrontend(conn, conn)
+			fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{
+				"user": pgtest.UserSCRAM, "database": pgtest.Database, "application_name": "left-during-login-" + string(mode)}})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if msg, err := fe.Receive(); err != nil {
+				t.Fatal(err)
+			} else if _, ok := msg.(*pgproto3.AuthenticationCleartextPassword); !ok {
+				t.Fatalf("start-up answered %T, want a password request", msg)
+			}
+			fe.Send(&pgproto3.PasswordMessage{Password: pgtest.PassSCRAM})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			waiting := func(want int64) func() (bool, string) {
+				return func() (bool, string) {
+					st, _ := userStats(g, pgtest.UserSCRAM)
+					return st.Waiting == want, fmt.Sprintf("%d waiting", st.Waiting)
+				}
+			}
+			if !waitFor(t, 10*time.Second, "the login's settings check to wait for the backend", waiting(1)) {
+				return
+			}
+			conn.Close()
+			waitFor(t, 5*time.Second, "the departed login to leave the queue", waiting(0))
+		})
 	}
 }

@@ -40,7 +40,7 @@ func (ss *session) relay(back net.Conn, pending []byte) (reasons.Reason, pool.Re
 			// The client side may be blocked reading the client, or writing
 			// to a backend that stopped reading because we stopped relaying
 			// its results (a client that vanished without reading them).
-			_ = ss.conn.SetReadDeadline(time.Now())
+			ss.endClientReads()
 			_ = back.SetWriteDeadline(time.Now())
 		}
 		backDone <- err
@@ -212,6 +212,15 @@ func (e *idleTimeoutError) Error() string { return e.msg }
 // every request it sent is answered; a query that runs long is not the
 // client being idle. Called before each client read and by the backend
 // side when the last answer arrives.
+// endClientReads wakes the client side out of a read of the client, for
+// the rest of the session: armIdle puts no later deadline back.
+func (ss *session) endClientReads() {
+	ss.idleMu.Lock()
+	defer ss.idleMu.Unlock()
+	ss.readsEnded = true
+	_ = ss.conn.SetReadDeadline(time.Now())
+}
+
 func (ss *session) armIdle() {
 	cfg := ss.srv.cfg
 	if cfg.ClientIdleTimeout <= 0 && cfg.IdleInTransactionTimeout <= 0 {
@@ -223,8 +232,8 @@ func (ss *session) armIdle() {
 	// client side then clear it, leaving an idle client with no deadline.
 	ss.idleMu.Lock()
 	defer ss.idleMu.Unlock()
-	if ss.killed.Load() {
-		return // kill set a read deadline that must stay
+	if ss.killed.Load() || ss.readsEnded {
+		return // kill or endClientReads set a read deadline that must stay
 	}
 	timeout := cfg.ClientIdleTimeout
 	if tx := byte(ss.txStatus.Load()); tx == 'T' || tx == 'E' {

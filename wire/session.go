@@ -65,12 +65,12 @@ type session struct {
 	// The context of the waits, reused until a cancel ends it.
 	waitCtx       context.Context
 	waitCtxCancel context.CancelFunc
-	cancelReq     bool      // a CancelRequest came during the wait
-	hadRequest    bool      // a request was forwarded to a backend, or answered as cancelled
-	earlyCancel   time.Time // a CancelRequest that may have overtaken its request
-	reqRead       bool      // a request was read and has no backend yet
-	clientLeft    bool      // the client closed its connection during the wait
-	checkLeftFn   func()    // checkLeft, bound once for the pool's wait checks
+	cancelReq     bool        // a CancelRequest came during the wait
+	hadRequest    bool        // a request was forwarded to a backend, or answered as cancelled
+	earlyCancel   time.Time   // a CancelRequest that may have overtaken its request
+	reqRead       bool        // a request was read and has no backend yet
+	checkLeftFn   func()      // checkLeft, bound once for the pool's wait checks
+	clientLeft    atomic.Bool // checkLeft found the client gone (any goroutine)
 	// readFirst's (client goroutine only): conn's RawConn, its callback
 	// bound once, and the read it makes.
 	rawConn     syscall.RawConn
@@ -89,6 +89,7 @@ type session struct {
 	outstanding atomic.Int64
 	idleUntil   atomic.Int64
 	idleMu      sync.Mutex // orders armIdle's check and deadline between the two sides
+	readsEnded  bool       // endClientReads was called (idleMu)
 
 	rc relayCounters
 
@@ -185,9 +186,12 @@ func (ss *session) run() {
 	if err := ss.checkSettings(pl, settings); err != nil {
 		pl.Leave()
 		var se *settingsError
-		if errors.As(err, &se) {
+		switch {
+		case errors.As(err, &se):
 			ss.failSettings(se)
-		} else {
+		case errors.Is(err, errClientLeft):
+			ss.log.Info().Str("reason", string(reasons.ClientGone)).Msg("client closed while its start-up settings waited for a backend")
+		default:
 			ss.refuse(err)
 		}
 		return

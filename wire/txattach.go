@@ -28,7 +28,7 @@ func (tx *txSession) attach() (*attachment, error) {
 	}
 	start := time.Now()
 	lease, err := tx.pl.Acquire(ss.waitForBackend())
-	if ss.leftWhileWaiting(start, lease) {
+	if ss.leftWhileWaiting(lease) {
 		return nil, errClientLeft
 	}
 	if err != nil {

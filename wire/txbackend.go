@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"net"
+	"os"
 	"time"
 
 	"github.com/querycop/querycop/internal/pgframe"
@@ -139,7 +140,20 @@ func (tx *txSession) canDetachLocked(att *attachment) bool {
 // pumpBackend relays the backend to the client for the rest of one
 // attachment, on a goroutine of its own, and ends it when the transaction
 // is over.
-func (tx *txSession) pumpBackend(att *attachment) error {
+func (tx *txSession) pumpBackend(att *attachment) (err error) {
+	defer func() {
+		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			return // the transaction ended, or the client side stopped us
+		}
+		// Ended on its own: the client side may be blocked reading a
+		// client that waits for the server (libpq does after a FATAL),
+		// and nothing else would wake it.
+		var cw *clientWriteError
+		if !errors.As(err, &cw) {
+			tx.backendLost.Store(true)
+		}
+		tx.ss.endClientReads()
+	}()
 	for {
 		n, rerr := att.conn.Read(*att.rbuf)
 		detach, leftover, err := tx.consume(att, (*att.rbuf)[:n])
@@ -272,7 +286,7 @@ func (tx *txSession) consume(att *attachment, p []byte) (detach, leftover bool, 
 			// The client is gone: unblock the client side, which may be
 			// reading it or writing to this backend (stalled because
 			// its results were no longer relayed).
-			_ = ss.conn.SetReadDeadline(time.Now())
+			ss.endClientReads()
 			_ = att.conn.SetWriteDeadline(time.Now())
 			// If the transaction's last answer is in out, the backend is
 			// already detached and only the caller can release it.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -176,6 +177,10 @@ type txSession struct {
 	// skipping: the client side drops the rest of a batch that was
 	// cancelled while it waited for a backend (cancelwait.go).
 	skipping bool
+	// backendLost: the backend side ended on its own (the server closed
+	// the connection or broke the protocol) while the client side may be
+	// blocked reading the client; it is woken, and the session ends.
+	backendLost atomic.Bool
 	// small receives the client's next request between transactions and
 	// holds small requests: kept here rather than made per transaction,
 	// and large enough for a typical extended-protocol batch (Parse, Bind,
@@ -348,6 +353,9 @@ func (tx *txSession) serve(first []byte) reasons.Reason {
 		if err != nil && n == 0 {
 			if ss.killed.Load() {
 				return reasons.Shutdown
+			}
+			if tx.backendLost.Load() {
+				return reasons.BackendGone // the client has the server's last words
 			}
 			if ss.idleExpired() {
 				idle := ss.idleTimeoutError()
