@@ -207,11 +207,6 @@ type idleTimeoutError struct {
 
 func (e *idleTimeoutError) Error() string { return e.msg }
 
-// armIdle starts the client's idle clock: its read deadline is set for the
-// idle timeout that applies (inside a transaction or not), but only while
-// every request it sent is answered; a query that runs long is not the
-// client being idle. Called before each client read and by the backend
-// side when the last answer arrives.
 // endClientReads wakes the client side out of a read of the client, for
 // the rest of the session: armIdle puts no later deadline back.
 func (ss *session) endClientReads() {
@@ -221,6 +216,11 @@ func (ss *session) endClientReads() {
 	_ = ss.conn.SetReadDeadline(time.Now())
 }
 
+// armIdle starts the client's idle clock: its read deadline is set for the
+// idle timeout that applies (inside a transaction or not), but only while
+// every request it sent is answered; a query that runs long is not the
+// client being idle. Called before each client read and by the backend
+// side when the last answer arrives.
 func (ss *session) armIdle() {
 	cfg := ss.srv.cfg
 	if cfg.ClientIdleTimeout <= 0 && cfg.IdleInTransactionTimeout <= 0 {
