@@ -330,9 +330,18 @@ func (pl *Pool) admitLocked(ctx context.Context, p backend.Params) error {
 		return nil
 	}
 	pl.mu.Lock()
+	oldPassword, oldSCRAM := pl.password, pl.scram
 	pl.password, pl.scram = p.Password, p.SCRAM
 	pl.mu.Unlock()
 	err := pl.verify(ctx)
+	if err != nil && ctx.Err() != nil {
+		// Given up on before the credential was checked (the client
+		// left, or shutdown): the pool goes on with the one it had.
+		pl.mu.Lock()
+		pl.password, pl.scram = oldPassword, oldSCRAM
+		pl.mu.Unlock()
+		return err
+	}
 	if err != nil {
 		if backend.IsAuthFailure(err) {
 			// The server no longer takes this credential: nothing
@@ -366,6 +375,10 @@ func (pl *Pool) verify(ctx context.Context) error {
 	}
 	defer pl.lim.release()
 	for attempt := 0; ; attempt++ {
+		// The login may have been given up on while it waited.
+		if runWaitCheck(ctx); ctx.Err() != nil {
+			return ctx.Err()
+		}
 		err := pl.createHeld(ctx)
 		if !errors.Is(err, puddle.ErrNotAvailable) {
 			return err

@@ -171,6 +171,28 @@ func (ss *session) leftWhileWaiting(lease Lease) bool {
 	return true
 }
 
+// loginWait is the context of a login's wait for a pool (the credential
+// check, the start-up settings check): it ends when the client closes its
+// connection meanwhile (a psql killed while it connects), so nothing is
+// asked of the server for it. Used on the session's goroutine only.
+type loginWait struct {
+	ctx  context.Context
+	end  context.CancelFunc
+	left bool
+}
+
+func (ss *session) newLoginWait() *loginWait {
+	w := &loginWait{}
+	ctx, end := context.WithCancel(ss.srv.ctx)
+	w.end = end
+	w.ctx = pool.WithWaitCheck(ctx, func() {
+		if w.left = clientClosed(ss.conn); w.left {
+			end()
+		}
+	})
+	return w
+}
+
 // errCancelled is a request whose wait for a backend a CancelRequest ended.
 var errCancelled = errors.New("cancelled while waiting for a backend")
 

@@ -148,52 +148,72 @@ func TestRequestSentThenClosedWithoutQueueingRuns(t *testing.T) {
 	}
 }
 
-// A login whose start-up settings must be checked on a backend, and which
-// waits for one of a full pool, leaves the queue when its client gives up
-// (a psql killed while it connects): nothing is asked of the server for it.
-func TestLoginThatLeftWhileItsSettingsWaitedLeavesTheQueue(t *testing.T) {
+// A login that waits for a backend of a full pool, for its password to be
+// checked (the pool's credential cache expired) or its start-up settings,
+// leaves the queue when its client gives up (a psql killed while it
+// connects): nothing is asked of the server for it.
+func TestLoginThatLeftWhileWaitingLeavesTheQueue(t *testing.T) {
 	c := pgtest.Require(t)
 	for _, mode := range fltModes {
-		t.Run(string(mode), func(t *testing.T) {
-			g := oneBackendGateway(t, c, mode)
-			holder := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if _, err := testkit.Query(ctx, holder, "begin; select 1"); err != nil {
-				t.Fatal(err)
-			}
-			conn, err := net.DialTimeout("tcp", g.addr, 5*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			fe := pgproto3.NewFrontend(conn, conn)
-			fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{
-				"user": pgtest.UserSCRAM, "database": pgtest.Database, "application_name": "left-during-login-" + string(mode)}})
-			if err := fe.Flush(); err != nil {
-				t.Fatal(err)
-			}
-			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if msg, err := fe.Receive(); err != nil {
-				t.Fatal(err)
-			} else if _, ok := msg.(*pgproto3.AuthenticationCleartextPassword); !ok {
-				t.Fatalf("start-up answered %T, want a password request", msg)
-			}
-			fe.Send(&pgproto3.PasswordMessage{Password: pgtest.PassSCRAM})
-			if err := fe.Flush(); err != nil {
-				t.Fatal(err)
-			}
-			waiting := func(want int64) func() (bool, string) {
-				return func() (bool, string) {
-					st, _ := userStats(g, pgtest.UserSCRAM)
-					return st.Waiting == want, fmt.Sprintf("%d waiting", st.Waiting)
+		for _, check := range []string{"settings", "credential"} {
+			t.Run(fmt.Sprintf("%s/%s", mode, check), func(t *testing.T) {
+				pcfg := testPoolConfig()
+				pcfg.Size = 1
+				pcfg.AcquireTimeout = time.Minute
+				if check == "credential" {
+					pcfg.AuthCacheTTL = 200 * time.Millisecond
 				}
-			}
-			if !waitFor(t, 10*time.Second, "the login's settings check to wait for the backend", waiting(1)) {
-				return
-			}
-			conn.Close()
-			waitFor(t, 5*time.Second, "the departed login to leave the queue", waiting(0))
-		})
+				g := startPooledGateway(t, backendConfig(c, backend.TLSDisable), pcfg, fltMode(mode))
+				holder := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if _, err := testkit.Query(ctx, holder, "begin; select 1"); err != nil {
+					t.Fatal(err)
+				}
+				params := map[string]string{"user": pgtest.UserSCRAM, "database": pgtest.Database}
+				if check == "settings" {
+					params["application_name"] = "left-during-login-" + string(mode)
+				} else {
+					time.Sleep(2 * pcfg.AuthCacheTTL) // the next login is checked with the server
+				}
+				conn, err := net.DialTimeout("tcp", g.addr, 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				fe := pgproto3.NewFrontend(conn, conn)
+				fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: params})
+				if err := fe.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if msg, err := fe.Receive(); err != nil {
+					t.Fatal(err)
+				} else if _, ok := msg.(*pgproto3.AuthenticationCleartextPassword); !ok {
+					t.Fatalf("start-up answered %T, want a password request", msg)
+				}
+				fe.Send(&pgproto3.PasswordMessage{Password: pgtest.PassSCRAM})
+				if err := fe.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				waiting := func(want int64) func() (bool, string) {
+					return func() (bool, string) {
+						st, _ := userStats(g, pgtest.UserSCRAM)
+						return st.Waiting == want, fmt.Sprintf("%d waiting", st.Waiting)
+					}
+				}
+				if !waitFor(t, 10*time.Second, "the login to wait for the backend", waiting(1)) {
+					return
+				}
+				conn.Close()
+				waitFor(t, 5*time.Second, "the departed login to leave the queue", waiting(0))
+				// The pool goes on serving with the credential it had.
+				holder.Close(ctx)
+				next := g.mustConnect(t, pgtest.UserSCRAM, pgtest.PassSCRAM)
+				if got, err := testkit.Query(ctx, next, "select 'served'"); err != nil || got != "served" {
+					t.Fatalf("the next client: %q, %v", got, err)
+				}
+			})
+		}
 	}
 }

@@ -172,7 +172,16 @@ func (ss *session) run() {
 	// The login timeout bounds the client's own part of start-up; waiting
 	// for the pool (bounded by the acquire timeout) is not the client's.
 	_ = ss.conn.SetDeadline(time.Time{})
-	pl, err := ss.srv.pools.Admit(ss.srv.ctx, params)
+	wait := ss.newLoginWait()
+	pl, err := ss.srv.pools.Admit(wait.ctx, params)
+	wait.end()
+	if wait.left {
+		if err == nil {
+			pl.Leave()
+		}
+		ss.log.Info().Str("reason", string(reasons.ClientGone)).Msg("client closed while its login waited for a backend")
+		return
+	}
 	if err != nil {
 		ss.srv.verifierRefused(params.User, err)
 		if loginRefused(err) {
@@ -190,7 +199,7 @@ func (ss *session) run() {
 		case errors.As(err, &se):
 			ss.failSettings(se)
 		case errors.Is(err, errClientLeft):
-			ss.log.Info().Str("reason", string(reasons.ClientGone)).Msg("client closed while its start-up settings waited for a backend")
+			ss.log.Info().Str("reason", string(reasons.ClientGone)).Msg("client closed while its login waited for a backend")
 		default:
 			ss.refuse(err)
 		}

@@ -71,17 +71,10 @@ func (ss *session) checkSettings(pl Pool, settings []startupSetting) error {
 	if ss.srv.settingsChecks.passed(key) {
 		return nil
 	}
-	// A login that waits for a full pool may be given up on (a killed
-	// psql): the check then asks the server nothing for it.
-	waitCtx, endWait := context.WithCancel(ss.srv.ctx)
-	defer endWait()
-	left := false
-	lease, err := pl.Acquire(pool.WithWaitCheck(waitCtx, func() {
-		if left = clientClosed(ss.conn); left {
-			endWait()
-		}
-	}))
-	if left {
+	wait := ss.newLoginWait()
+	defer wait.end()
+	lease, err := pl.Acquire(wait.ctx)
+	if wait.left {
 		if lease != nil {
 			lease.Release(pool.ReleaseState{Clean: true, TxStatus: 'I', KeepState: true})
 		}
