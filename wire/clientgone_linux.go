@@ -3,9 +3,7 @@
 package wire
 
 import (
-	"crypto/tls"
 	"net"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,15 +13,8 @@ import (
 // a peek could not see the end behind them (libpq sends Terminate, then
 // closes), but the socket's TCP state can.
 func clientClosed(conn net.Conn) bool {
-	if tc, ok := conn.(*tls.Conn); ok {
-		conn = tc.NetConn()
-	}
-	sc, ok := conn.(syscall.Conn)
+	raw, ok := clientSocket(conn)
 	if !ok {
-		return false
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
 		return false
 	}
 	closed := false

@@ -11,18 +11,25 @@ import (
 	"unsafe"
 )
 
-// unreadInput reports whether the client has sent bytes that the session
-// has not read yet (for a cancel that overtook its request).
-func unreadInput(c net.Conn) bool {
+// clientSocket is the operating-system socket under a client connection,
+// under its TLS layer too; false when there is none.
+func clientSocket(c net.Conn) (syscall.RawConn, bool) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return false
+		return nil, false
 	}
 	raw, err := sc.SyscallConn()
-	if err != nil {
+	return raw, err == nil
+}
+
+// unreadInput reports whether the client has sent bytes that the session
+// has not read yet (for a cancel that overtook its request).
+func unreadInput(c net.Conn) bool {
+	raw, ok := clientSocket(c)
+	if !ok {
 		return false
 	}
 	var n int
